@@ -1,0 +1,85 @@
+/* polc datapath ABI: the layouts shared by the compiler (which writes map images), the
+ * runtime (which loads them) and the datapath (which reads them).  polc/abi.py mirrors
+ * this file; tests/test_abi.py checks that the two agree. */
+#ifndef POLC_ABI_H
+#define POLC_ABI_H
+
+#define POLC_DIR_INGRESS 0 /* traffic entering the endpoint */
+#define POLC_DIR_EGRESS 1  /* traffic leaving the endpoint */
+
+#define POLC_NPROTO 6 /* TCP, UDP, SCTP, ICMP, ICMPv6, other */
+#define POLC_PROTO_TCP 0
+#define POLC_PROTO_UDP 1
+#define POLC_PROTO_SCTP 2
+#define POLC_PROTO_ICMP 3
+#define POLC_PROTO_ICMPV6 4
+#define POLC_PROTO_OTHER 5
+
+#define POLC_ACTION_ALLOW 1
+#define POLC_ACTION_DENY 2
+
+/* Why a packet got its verdict; written to skb->cb[0] (rule id to cb[1]). */
+#define POLC_STAGE_FAIL_CLOSED 1  /* tables not filled / generation mismatch: drop */
+#define POLC_STAGE_NOT_POLICED 2  /* the local side is not a known endpoint: pass */
+#define POLC_STAGE_CT_ESTABLISHED 3
+#define POLC_STAGE_CT_REPLY 4
+#define POLC_STAGE_DENY_RULE 5
+#define POLC_STAGE_ALLOW_RULE 6
+#define POLC_STAGE_NOT_ISOLATED 7 /* no policy isolates the endpoint: pass */
+#define POLC_STAGE_DEFAULT_DENY 8
+#define POLC_STAGE_MALFORMED 9    /* an IP packet the parser cannot judge: drop */
+#define POLC_STAGE_NOT_IP 10      /* ARP and other non-IP traffic: pass */
+
+/* Address to endpoint.  IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d). */
+struct polc_lpm_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct polc_ep_info {
+	__u32 identity;
+	__u32 peer_class;
+	__u32 subject_class[2]; /* per direction; 0 = not an endpoint polc guards */
+	__u32 isolated_by[2];   /* per direction; 0 = not isolated, else the rule id that isolates */
+};
+
+struct polc_pair_key {
+	__u32 dir;
+	__u32 subject_class;
+	__u32 peer_class;
+};
+
+/* Port to port class: key = dir * POLC_NPROTO + proto, value = one class per port (or ICMP type). */
+struct polc_port_classes {
+	__u16 cls[65536];
+};
+
+struct polc_verdict_key {
+	__u32 profile;
+	__u16 port_class;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct polc_verdict {
+	__u32 rule;
+	__u32 action;
+};
+
+struct polc_ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto; /* IP protocol number */
+	__u8 dir;
+	__u8 pad[2];
+};
+
+struct polc_ct_entry {
+	__u64 created_ns;
+	__u32 rule;
+	__u32 flags;
+};
+
+#endif

@@ -1,0 +1,1 @@
+"""polc.grammar."""

@@ -1,0 +1,114 @@
+"""The contract between the compiler, the object file and the runtime.
+
+Mirrors ``bpf_runtime/polc_abi.h`` (checked by ``tests/test_abi.py``) and describes the
+polc-specific parts of the ELF object:
+
+* programs ``polc_from_ep`` (traffic leaving an endpoint: its egress policy; attach where
+  packets arrive from the pod, i.e. ingress of the host-side veth) and ``polc_to_ep``
+  (traffic entering an endpoint: its ingress policy; egress of the host-side veth);
+* BTF-defined maps in ``.maps`` (``MAP_*`` names below), ``.rodata`` with
+  ``polc_generation``;
+* one section ``.polc.img.<map>`` per map image (``IMAGE_*`` layout below) and a JSON
+  metadata section ``.polc.meta``.
+
+A loader creates the maps, writes every image, loads the programs and writes the
+generation into ``polc_ctrl[0]`` last: until then every policed packet is dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+PROG_FROM_EP = "polc_from_ep"
+PROG_TO_EP = "polc_to_ep"
+PROGRAMS = (PROG_FROM_EP, PROG_TO_EP)
+
+MAP_IPCACHE = "polc_ipcache"
+MAP_PAIRS = "polc_pairs"
+MAP_PORTS = "polc_ports"
+MAP_VERDICTS = "polc_verdicts"
+MAP_CTRL = "polc_ctrl"
+MAP_CT = "polc_ct"
+# Maps whose contents survive a policy update (reused by the runtime, never imaged).
+SHARED_MAPS = (MAP_CT,)
+
+IMAGE_SECTION_PREFIX = ".polc.img."
+META_SECTION = ".polc.meta"
+GENERATION_SYMBOL = "polc_generation"
+IMAGE_MAGIC = b"PIMG"
+IMAGE_VERSION = 1
+IMAGE_HEADER = struct.Struct("<4sIIII")  # magic, version, key_size, value_size, count
+
+DIR_INGRESS, DIR_EGRESS = 0, 1
+NPROTO = 6
+ACTION_ALLOW, ACTION_DENY = 1, 2
+
+STAGES = {
+    1: "fail-closed",
+    2: "not-policed",
+    3: "ct-established",
+    4: "ct-reply",
+    5: "deny-rule",
+    6: "allow-rule",
+    7: "not-isolated",
+    8: "default-deny",
+    9: "malformed",
+    10: "not-ip",
+}
+
+LPM_KEY = struct.Struct("<I16s")
+EP_INFO = struct.Struct("<IIIIII")  # identity, peer_class, subject[2], isolated_by[2]
+PAIR_KEY = struct.Struct("<III")
+PAIR_VALUE = struct.Struct("<I")
+PORTS_KEY = struct.Struct("<I")
+PORTS_VALUE_SIZE = 65536 * 2
+VERDICT_KEY = struct.Struct("<IHBx")
+VERDICT_VALUE = struct.Struct("<II")
+CTRL_KEY = struct.Struct("<I")
+CTRL_VALUE = struct.Struct("<Q")
+CT_KEY = struct.Struct("<16s16sHHBBxx")
+CT_VALUE = struct.Struct("<QII")
+
+
+def lpm_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:
+    """The ``polc_lpm_key`` of a prefix; IPv4 is stored IPv4-mapped."""
+    if network.version == 4:
+        addr = ipaddress.IPv6Address("::ffff:" + str(network.network_address)).packed
+        return LPM_KEY.pack(96 + network.prefixlen, addr)
+    return LPM_KEY.pack(network.prefixlen, network.network_address.packed)
+
+
+def addr16(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """16-byte form of an address as the datapath sees it (IPv4-mapped for IPv4)."""
+    if address.version == 4:
+        return ipaddress.IPv6Address("::ffff:" + str(address)).packed
+    return address.packed
+
+
+def pack_image(key_size: int, value_size: int, records: list[tuple[bytes, bytes]]) -> bytes:
+    """Serialise a map image; records are written in the order given (callers sort)."""
+    out = [IMAGE_HEADER.pack(IMAGE_MAGIC, IMAGE_VERSION, key_size, value_size, len(records))]
+    for key, value in records:
+        if len(key) != key_size or len(value) != value_size:
+            raise ValueError(f"image record of size {len(key)}/{len(value)}, want {key_size}/{value_size}")
+        out.append(key)
+        out.append(value)
+    return b"".join(out)
+
+
+def unpack_image(blob: bytes) -> tuple[int, int, list[tuple[bytes, bytes]]]:
+    """Inverse of :func:`pack_image`; raises ValueError on a corrupt image."""
+    if len(blob) < IMAGE_HEADER.size:
+        raise ValueError("map image shorter than its header")
+    magic, version, ksz, vsz, count = IMAGE_HEADER.unpack_from(blob)
+    if magic != IMAGE_MAGIC or version != IMAGE_VERSION:
+        raise ValueError(f"not a polc map image (magic {magic!r}, version {version})")
+    if len(blob) != IMAGE_HEADER.size + count * (ksz + vsz):
+        raise ValueError(f"map image size {len(blob)} does not match {count} records of {ksz}+{vsz} bytes")
+    records = []
+    off = IMAGE_HEADER.size
+    for _ in range(count):
+        records.append((blob[off:off + ksz], blob[off + ksz:off + ksz + vsz]))
+        off += ksz + vsz
+    return ksz, vsz, records
