@@ -1,0 +1,268 @@
+"""Load YAML/JSON input files into plain data, keeping where every value came from.
+
+Files are composed with PyYAML's ``SafeLoader`` into nodes, and the nodes are turned into
+plain Python data (dicts, lists, scalars) plus a map from a *path* -- the tuple of keys and
+list indices leading to a value, e.g. ``("spec", "ingress", 0, "ports", 1, "port")`` -- to
+the 1-based ``(line, col)`` where that value starts.  Keys have their own map so that an
+error about a field name ("unknown field") points at the name, not at its value.
+
+JSON is read through the same YAML loader (JSON is, for our purposes, YAML), so both get
+positions.  A document of ``kind: List`` is split into one ``Document`` per item.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import CompileError, Location, PolcError, raise_all
+
+PathT = tuple  # tuple[str | int, ...]
+Pos = tuple[int, int]
+
+INPUT_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document (or one item of a ``kind: List``) with source positions.
+
+    ``index`` is the document's index in its file; ``item`` the index inside a ``List``
+    (None otherwise).  ``positions``/``key_positions`` map paths to 1-based (line, col).
+    """
+
+    file: str
+    index: int
+    data: Any
+    positions: dict = field(repr=False)
+    text_lines: Sequence[str] = field(repr=False)
+    key_positions: dict = field(default_factory=dict, repr=False)
+    item: int | None = None
+
+    def position(self, path: Sequence, key: bool = False) -> Pos:
+        """Position of ``path``, or of its nearest enclosing path that has one.
+
+        With ``key=True`` the position of the mapping key naming the value is preferred.
+        """
+        path = tuple(path)
+        while True:
+            if key and path in self.key_positions:
+                return self.key_positions[path]
+            if path in self.positions:
+                return self.positions[path]
+            if not path:
+                return (1, 1)
+            path = path[:-1]
+
+    def location(self, path: Sequence = (), key: bool = False) -> Location:
+        """A ``Location`` (with source line) for ``path``."""
+        line, col = self.position(path, key)
+        text = self.text_lines[line - 1] if 0 < line <= len(self.text_lines) else None
+        return Location(self.file, line, col, text)
+
+    def error(self, path: Sequence, message: str, key: bool = False, cls=CompileError) -> PolcError:
+        """A positioned error about the value (or key) at ``path``."""
+        return cls(message, self.location(path, key), self.describe())
+
+    @property
+    def kind(self) -> str | None:
+        return self.data.get("kind") if isinstance(self.data, dict) else None
+
+    def describe(self) -> str:
+        """``Kind namespace/name`` (or as much of it as the document has)."""
+        data = self.data if isinstance(self.data, dict) else {}
+        meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+        name = meta.get("name", "<unnamed>")
+        ns = meta.get("namespace")
+        ref = f"{ns}/{name}" if ns else str(name)
+        return f"{data.get('kind', '<no kind>')} {ref}"
+
+
+def path_str(path: Sequence) -> str:
+    """``("spec", "ingress", 0)`` -> ``"spec.ingress[0]"``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _Builder:
+    """Turns composed YAML nodes into plain data and position maps."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: str, lines: Sequence[str]):
+        self.loader = loader
+        self.file = file
+        self.lines = lines
+        self.positions: dict = {}
+        self.key_positions: dict = {}
+        self.errors: list[PolcError] = []
+
+    def _pos(self, node: Node) -> Pos:
+        return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def _error(self, node: Node, message: str) -> None:
+        line, col = self._pos(node)
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else None
+        self.errors.append(CompileError(message, Location(self.file, line, col, text)))
+
+    def build(self, node: Node, path: PathT = ()) -> Any:
+        self.positions[path] = self._pos(node)
+        if isinstance(node, MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, SequenceNode):
+            return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
+        return self._scalar(node)
+
+    def _scalar(self, node: ScalarNode) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            self._error(node, f"invalid value: {exc.problem}")
+            return node.value
+
+    def _mapping(self, node: MappingNode, path: PathT) -> dict:
+        self.loader.flatten_mapping(node)  # resolve YAML merge keys (<<)
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                self._error(key_node, "mapping keys must be plain scalars")
+                continue
+            key = self._scalar(key_node)
+            if not isinstance(key, str):
+                key = key_node.value  # `80: x` or `true: x`: keep the text as written
+            if key in out:
+                first = self.key_positions[path + (key,)]
+                self._error(key_node, f"duplicate key '{key}' (first given at line {first[0]})")
+                continue
+            self.key_positions[path + (key,)] = self._pos(key_node)
+            out[key] = self.build(value_node, path + (key,))
+        return out
+
+
+def _yaml_error(file: str, lines: Sequence[str], exc: yaml.YAMLError) -> CompileError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+    if mark is None:
+        return CompileError(message, Location(file))
+    line, col = mark.line + 1, mark.column + 1
+    text = lines[line - 1] if 0 < line <= len(lines) else None
+    return CompileError(message, Location(file, line, col, text))
+
+
+def load_text(text: str, file: str = "<string>") -> list[Document]:
+    """Parse ``text`` (YAML, possibly multi-document, or JSON) into documents."""
+    lines = text.splitlines()
+    loader = yaml.SafeLoader(text)
+    docs: list[Document] = []
+    errors: list[PolcError] = []
+    try:
+        index = 0
+        while loader.check_node():
+            node = loader.get_node()
+            docs.extend(_to_documents(loader, node, file, index, lines, errors))
+            index += 1
+    except yaml.YAMLError as exc:
+        raise _yaml_error(file, lines, exc) from None
+    finally:
+        loader.dispose()
+    raise_all(errors)
+    return docs
+
+
+def _to_documents(loader, node, file, index, lines, errors) -> Iterator[Document]:
+    if node is None:
+        return
+    builder = _Builder(loader, file, lines)
+    data = builder.build(node)
+    errors.extend(builder.errors)
+    if data is None:
+        return  # an empty document (e.g. a trailing `---`)
+    doc = Document(file, index, data, builder.positions, lines, builder.key_positions)
+    if not isinstance(data, dict):
+        errors.append(doc.error((), "a document must be a mapping (an object with apiVersion and kind)"))
+        return
+    kind = data.get("kind")
+    if isinstance(kind, str) and (kind == "List" or kind.endswith("List") and "items" in data):
+        yield from _split_list(doc, errors)
+        return
+    yield doc
+
+
+def _split_list(doc: Document, errors: list[PolcError]) -> Iterator[Document]:
+    items = doc.data.get("items")
+    if items is None:
+        return
+    if not isinstance(items, list):
+        errors.append(doc.error(("items",), "'items' of a List must be a list"))
+        return
+    for i, item in enumerate(items):
+        prefix = ("items", i)
+        if not isinstance(item, dict):
+            errors.append(doc.error(prefix, "each item of a List must be an object"))
+            continue
+        yield Document(
+            doc.file, doc.index, item, _reroot(doc.positions, prefix), doc.text_lines,
+            _reroot(doc.key_positions, prefix), item=i,
+        )
+
+
+def _reroot(positions: dict, prefix: PathT) -> dict:
+    n = len(prefix)
+    return {p[n:]: pos for p, pos in positions.items() if p[:n] == prefix}
+
+
+def load_file(path: str | os.PathLike) -> list[Document]:
+    """Load one file (YAML or JSON)."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CompileError(f"cannot read file: {exc.strerror or exc}", Location(name)) from None
+    except UnicodeDecodeError as exc:
+        raise CompileError(f"file is not UTF-8 text: {exc.reason}", Location(name)) from None
+    return load_text(text, name)
+
+
+def expand_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Files named by ``paths``: files as given, directories searched recursively (sorted)."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(
+                str(f) for f in path.rglob("*") if f.is_file() and f.suffix in INPUT_SUFFIXES
+            )
+            out.extend(found)
+        elif path.exists():
+            out.append(str(path))
+        else:
+            raise CompileError("no such file or directory", Location(str(p)))
+    return out
+
+
+def load_paths(paths: Sequence[str | os.PathLike]) -> list[Document]:
+    """Load every document of the files and directories in ``paths``.
+
+    Errors of all files are collected and raised together.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    docs: list[Document] = []
+    errors: list[PolcError] = []
+    for file in expand_paths(paths):
+        try:
+            docs.extend(load_file(file))
+        except PolcError as exc:
+            errors.append(exc)
+    raise_all(errors)
+    return docs
