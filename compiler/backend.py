@@ -1,0 +1,217 @@
+"""Backend: decision tables -> an ObjectSpec -> a BPF ELF object (via llvmlite), or C.
+
+The program text is policy independent: ``bpf_runtime/datapath.ll`` (generated from
+``datapath.c`` by ``bpf_runtime/regen.sh``).  A policy specialises it in three ways only:
+the capacity of each table (array dimensions in the BTF map definitions), the table
+generation in ``.rodata``, and the map images plus metadata that ride along in sections
+of their own (see ``polc.abi``).  Same tables, same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from polc import abi
+
+from .errors import CompileError
+from .tables import Tables
+
+# Placeholders in datapath.c / datapath.ll and the table whose size replaces each.
+CAPACITY_PLACEHOLDERS = {
+    abi.MAP_IPCACHE: ("POLC_CAP_IPCACHE", 8323073),
+    abi.MAP_PAIRS: ("POLC_CAP_PAIRS", 8323079),
+    abi.MAP_VERDICTS: ("POLC_CAP_VERDICTS", 8323081),
+}
+# Kernel limits we keep well inside (hash maps take u32 max_entries; classes are u16).
+MAX_ENTRIES = 1 << 24
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """Everything the object contains beyond the fixed datapath: pure data."""
+
+    images: dict[str, bytes]  # map name -> packed image
+    capacities: dict[str, int]
+    generation: int
+    meta: bytes  # JSON
+
+    @property
+    def sections(self) -> dict[str, bytes]:
+        out = {abi.IMAGE_SECTION_PREFIX + name: blob for name, blob in sorted(self.images.items())}
+        out[abi.META_SECTION] = self.meta
+        return out
+
+
+def _images(t: Tables) -> dict[str, bytes]:
+    ipcache = sorted((abi.lpm_key(e.network), abi.EP_INFO.pack(*v)) for e, v in zip(t.entries, t.entry_values))
+    pairs = sorted((abi.PAIR_KEY.pack(*k), abi.PAIR_VALUE.pack(v)) for k, v in t.pairs.items())
+    # An all-zero array (one class for the whole port space) is what the map holds anyway.
+    ports = sorted((abi.PORTS_KEY.pack(d * abi.NPROTO + p), arr.tobytes())
+                   for (d, p), arr in t.port_classes.items() if t.port_class_count[(d, p)] > 1)
+    verdicts = sorted((abi.VERDICT_KEY.pack(*k), abi.VERDICT_VALUE.pack(*v)) for k, v in t.verdicts.items())
+    return {
+        abi.MAP_IPCACHE: abi.pack_image(abi.LPM_KEY.size, abi.EP_INFO.size, ipcache),
+        abi.MAP_PAIRS: abi.pack_image(abi.PAIR_KEY.size, abi.PAIR_VALUE.size, pairs),
+        abi.MAP_PORTS: abi.pack_image(abi.PORTS_KEY.size, abi.PORTS_VALUE_SIZE, ports),
+        abi.MAP_VERDICTS: abi.pack_image(abi.VERDICT_KEY.size, abi.VERDICT_VALUE.size, verdicts),
+    }
+
+
+def _capacities(t: Tables) -> dict[str, int]:
+    caps = {abi.MAP_IPCACHE: len(t.entries), abi.MAP_PAIRS: len(t.pairs), abi.MAP_VERDICTS: len(t.verdicts)}
+    for name, n in caps.items():
+        if n > MAX_ENTRIES:
+            raise CompileError(f"table {name} needs {n} entries, more than polc supports ({MAX_ENTRIES})")
+    return {name: max(1, n) for name, n in caps.items()}
+
+
+def _node_records(t: Tables) -> dict:
+    """Per node: the ipcache records that make its addresses 'host' or 'remote-node'."""
+    remote = {e.network: v for e, v in zip(t.entries, t.entry_values)}
+    out = {}
+    for node, items in sorted(t.host_values.items()):
+        out[node] = {
+            "host": [[abi.lpm_key(e.network).hex(), abi.EP_INFO.pack(*v).hex()] for e, v in items],
+            "remote": [[abi.lpm_key(e.network).hex(), abi.EP_INFO.pack(*remote[e.network]).hex()]
+                       for e, _ in items],
+        }
+    return out
+
+
+def _meta(t: Tables, sources: list[dict], images: dict[str, bytes], version: str) -> tuple[int, bytes]:
+    endpoints = []
+    identities: dict[int, list] = {}
+    for e, v in zip(t.entries, t.entry_values):
+        identities.setdefault(e.identity, [f"{s}:{k}={val}" if val else f"{s}:{k}" for (s, k), val in e.labels])
+        if e.pod is not None:
+            endpoints.append({"pod": e.pod.ref, "ip": str(e.network.network_address), "identity": e.identity,
+                              "node": e.pod.node, "subject_class": [v[2], v[3]], "peer_class": v[1],
+                              "isolated_by": [v[4], v[5]]})
+        elif e.node is not None:
+            endpoints.append({"node": e.node.name, "ip": str(e.network.network_address),
+                              "identity": e.identity, "peer_class": v[1]})
+    body = {
+        "format": "polc-object/1",
+        "polc_version": version,
+        "sources": sources,
+        "rules": t.rules,
+        "identities": [{"id": i, "labels": labels} for i, labels in sorted(identities.items())],
+        "endpoints": endpoints,
+        "nodes": _node_records(t),
+        "classes": {
+            "subject": {"ingress": t.subject_classes[0], "egress": t.subject_classes[1]},
+            "peer": t.peer_class_count,
+            "profiles": t.profile_count,
+            "ports": {f"{'ingress' if d == 0 else 'egress'}/{p}": n
+                      for (d, p), n in sorted(t.port_class_count.items())},
+        },
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode())
+    for name in sorted(images):
+        digest.update(name.encode() + images[name])
+    generation = int.from_bytes(digest.digest()[:8], "little") | 1  # never 0: 0 means unfilled
+    body["generation"] = generation
+    body["digest"] = digest.hexdigest()
+    return generation, json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def object_spec(t: Tables, sources: list[dict], version: str) -> ObjectSpec:
+    """Turn tables into the data an object carries."""
+    images = _images(t)
+    generation, meta = _meta(t, sources, images, version)
+    return ObjectSpec(images=images, capacities=_capacities(t), generation=generation, meta=meta)
+
+
+# -- LLVM ------------------------------------------------------------------------------
+
+def datapath_ir() -> str:
+    """The datapath template (LLVM IR text) shipped with polc."""
+    return resources.files("polc.bpf_runtime").joinpath("datapath.ll").read_text()
+
+
+def _specialise(template: str, spec: ObjectSpec) -> str:
+    text = template
+    for name, (_, placeholder) in CAPACITY_PLACEHOLDERS.items():
+        text, n = re.subn(rf"count: {placeholder}\)", f"count: {spec.capacities[name]})", text)
+        if n != 1:
+            raise CompileError(f"datapath template: capacity placeholder of {name} found {n} times; "
+                               "regenerate it with bpf_runtime/regen.sh")
+    text, n = re.subn(r"(@polc_generation = dso_local constant i64 )0,", rf"\g<1>{spec.generation},", text)
+    if n != 1:
+        raise CompileError("datapath template: polc_generation not found; regenerate it with bpf_runtime/regen.sh")
+    return text
+
+
+_ESCAPE = [chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\{b:02X}" for b in range(256)]
+
+
+def _llvm_bytes(blob: bytes) -> str:
+    return 'c"' + "".join(map(_ESCAPE.__getitem__, blob)) + '"'
+
+
+def _sections_ir(template: str, spec: ObjectSpec) -> str:
+    """A module of constants placed in the image and metadata sections."""
+    header = [line for line in template.splitlines() if line.startswith(("target datalayout", "target triple"))]
+    lines = list(header)
+    names = []
+    for i, (section, blob) in enumerate(spec.sections.items()):
+        name = f"@polc_section_{i}"
+        names.append(name)
+        lines.append(f'{name} = internal constant [{len(blob)} x i8] {_llvm_bytes(blob)}, '
+                     f'section "{section}", align 8')
+    used = ", ".join(f"ptr {n}" for n in names)
+    lines.append(f'@llvm.used = appending global [{len(names)} x ptr] [{used}], section "llvm.metadata"')
+    return "\n".join(lines) + "\n"
+
+
+def emit_object(spec: ObjectSpec) -> bytes:
+    """Compile the specialised datapath and the table sections to a BPF ELF object."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    template = datapath_ir()
+    try:
+        module = llvm.parse_assembly(_specialise(template, spec))
+        module.link_in(llvm.parse_assembly(_sections_ir(template, spec)))
+        module.verify()
+    except RuntimeError as e:
+        raise CompileError(f"LLVM rejected the generated module: {e}") from None
+    target = llvm.Target.from_triple("bpfel")
+    machine = target.create_target_machine(opt=2, reloc="static", codemodel="small")
+    return bytes(machine.emit_object(module))
+
+
+# -- C for audit -----------------------------------------------------------------------
+
+def _c_bytes(blob: bytes) -> str:
+    rows = [", ".join(f"0x{b:02x}" for b in blob[i:i + 16]) for i in range(0, len(blob), 16)]
+    return "{\n\t" + ",\n\t".join(rows) + "\n}" if rows else "{ 0 }"
+
+
+def emit_c(spec: ObjectSpec, source_note: str) -> dict[str, str]:
+    """The eBPF C the object corresponds to: file name -> text (build: see policy.c)."""
+    pkg = resources.files("polc.bpf_runtime")
+    lines = [
+        "// SPDX-License-Identifier: GPL-2.0",
+        f"/* Generated by polc compile --emit-c from {source_note}. DO NOT EDIT.",
+        " * The same datapath and tables as the object polc writes; build with",
+        " *   clang -target bpf -O2 -g -I/usr/include/$(gcc -dumpmachine) -c policy.c -o policy.o",
+        " * and load it with polc (the tables ride in the .polc.img.* sections). */",
+    ]
+    for name, (macro, _) in CAPACITY_PLACEHOLDERS.items():
+        lines.append(f"#define {macro} {spec.capacities[name]}")
+    lines.append(f"#define POLC_GENERATION {spec.generation}ULL")
+    lines.append('#include "datapath.c"')
+    for i, (section, blob) in enumerate(spec.sections.items()):
+        lines.append(f'__attribute__((section("{section}"), used, aligned(8)))')
+        lines.append(f"static const unsigned char polc_section_{i}[{max(1, len(blob))}] = {_c_bytes(blob)};")
+    return {
+        "policy.c": "\n".join(lines) + "\n",
+        "datapath.c": pkg.joinpath("datapath.c").read_text(),
+        "polc_abi.h": pkg.joinpath("polc_abi.h").read_text(),
+    }

@@ -1,0 +1,270 @@
+"""Optimizer: the policy IR and the inventory become decision tables (pure data).
+
+Per packet the datapath does a fixed number of lookups whatever the number of rules:
+
+1. address -> LPM entry -> (identity, peer class, subject class per direction, isolation);
+2. (direction, subject class, peer class) -> profile, the rule set that applies between them;
+3. (direction, protocol, port) -> port class, one array index;
+4. (profile, protocol, port class) -> allow/deny and the deciding rule.
+
+Classes group what the rules cannot tell apart: endpoints with the same applicable rules
+share a subject class, addresses that match the same peer selectors share a peer class, and
+ports between the same rule boundaries share a port class.  The identity x port cross
+product is never built: entries grow with classes and profiles.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+from dataclasses import dataclass, field
+
+from . import ir
+from .identities import KIND_NODE, KIND_POD, KIND_WORLD, RESERVED_IDS, Entry, as_host, build_entries
+
+FULL = {ir.Proto.ICMP: 255, ir.Proto.ICMPV6: 255, ir.Proto.OTHER: 0}
+ALL_PROTOS = tuple(ir.Proto)
+LOCALHOST_ORIGIN = ir.Origin("<polc>", 0, 0, "allow-localhost",
+                             "the local host may reach its endpoints (Cilium's allow-localhost)")
+
+
+def proto_max(proto: ir.Proto) -> int:
+    return FULL.get(proto, 65535)
+
+
+@dataclass(frozen=True)
+class RuleRef:
+    """A rule with its numeric id (ids are shared with isolations; 0 means none)."""
+
+    id: int
+    rule: ir.Rule
+
+
+@dataclass
+class Tables:
+    """The decision tables plus what reports need to explain them."""
+
+    entries: list[Entry]
+    entry_values: list[tuple[int, int, int, int, int, int]]  # polc_ep_info per entry
+    host_values: dict[str, list[tuple[Entry, tuple]]]  # node -> its entries seen as host
+    pairs: dict[tuple[int, int, int], int]  # (dir, subject class, peer class) -> profile
+    port_classes: dict[tuple[int, int], array.array]  # (dir, proto) -> class per port
+    port_class_count: dict[tuple[int, int], int]
+    verdicts: dict[tuple[int, int, int], tuple[int, int]]  # (profile, class, proto) -> (rule, action)
+    rules: list[dict]  # id-ordered descriptions of rules, isolations and implicit rules
+    subject_classes: list[int] = field(default_factory=list)  # count per direction
+    peer_class_count: int = 0
+    profile_count: int = 0
+
+
+def _peer_matches(peer: ir.Peer, entry: Entry) -> bool:
+    """Whether the addresses behind ``entry`` are ``peer`` (see identities for why this is exact)."""
+    if isinstance(peer, ir.PeerEntity):
+        return _entity_matches(peer.entity, entry)
+    if isinstance(peer, ir.PeerSelector):
+        return peer.selector.matches(entry.label_map)
+    if entry.kind != KIND_WORLD and not peer.include_cluster:
+        return False
+    net = entry.network
+    if net.version != peer.cidr.version or not net.subnet_of(peer.cidr):
+        return False
+    return not any(net.subnet_of(e) for e in peer.excepts if e.version == net.version)
+
+
+def _entity_matches(entity: str, entry: Entry) -> bool:
+    if entity == "all":
+        return True
+    if entity == "world":
+        return entry.kind == KIND_WORLD
+    if entity == "cluster":
+        return entry.kind in (KIND_POD, KIND_NODE)
+    return entry.identity == RESERVED_IDS.get(entity)
+
+
+def _named_ports(pod: ir.Pod | None, names: frozenset) -> tuple:
+    """The (proto, name) -> port resolutions of ``pod`` for the names rules use."""
+    if pod is None or not names:
+        return ()
+    return tuple(sorted((p.proto, p.name, p.port) for p in pod.ports if (p.proto, p.name) in names))
+
+
+def _used_names(rules: list[RuleRef], direction: ir.Direction) -> frozenset:
+    return frozenset((p.proto, p.name) for r in rules if r.rule.direction == direction
+                     for p in (r.rule.ports or ()) if isinstance(p, ir.NamedPort))
+
+
+class _Builder:
+    """Builds :class:`Tables`; one instance per compile."""
+
+    def __init__(self, policy: ir.PolicySet, inventory: ir.Inventory):
+        self.policy = policy
+        self.inventory = inventory
+        self.refs = [RuleRef(i + 1, r) for i, r in enumerate(policy.rules)]
+        n = len(self.refs)
+        self.isolations = [(n + 1 + i, iso) for i, iso in enumerate(policy.isolations)]
+        localhost = ir.Rule(ir.Direction.INGRESS, ir.Action.ALLOW, ir.Selector(),
+                            (ir.PeerEntity("host"),), None, LOCALHOST_ORIGIN)
+        self.refs.append(RuleRef(n + len(self.isolations) + 1, localhost))
+        self.atoms = sorted({p for r in self.refs for p in r.rule.peers}, key=repr)
+        self.names = {d: _used_names(self.refs, d) for d in ir.Direction}
+
+    # -- peer classes -------------------------------------------------------------------
+    def peer_signature(self, entry: Entry) -> tuple:
+        matched = tuple(i for i, atom in enumerate(self.atoms) if _peer_matches(atom, entry))
+        return matched, _named_ports(entry.pod, self.names[ir.Direction.EGRESS])
+
+    # -- subject classes ----------------------------------------------------------------
+    def subject_signature(self, pod: ir.Pod, direction: ir.Direction) -> tuple:
+        labels = pod.label_map
+        rules = tuple(r.id for r in self.refs
+                      if r.rule.direction == direction and r.rule.subject.matches(labels))
+        names = self.names[direction] if direction == ir.Direction.INGRESS else frozenset()
+        return rules, _named_ports(pod, names)
+
+    def isolated_by(self, pod: ir.Pod, direction: ir.Direction) -> int:
+        labels = pod.label_map
+        return next((i for i, iso in self.isolations
+                     if iso.direction == direction and iso.subject.matches(labels)), 0)
+
+
+def _intern(table: dict, key) -> int:
+    """Class numbering: first come, first numbered, from 1."""
+    if key not in table:
+        table[key] = len(table) + 1
+    return table[key]
+
+
+def _resolve_ports(ports, resolutions: tuple) -> tuple | None:
+    """Named ports become the numbers the relevant pod serves; unknown names match nothing."""
+    if ports is None:
+        return None
+    out = []
+    for p in ports:
+        if isinstance(p, ir.NamedPort):
+            out.extend(ir.PortRange(p.proto, num, num) for proto, name, num in resolutions
+                       if (proto, name) == (p.proto, p.name))
+        else:
+            out.append(p)
+    return tuple(sorted(set(out)))
+
+
+def build_tables(policy: ir.PolicySet, inventory: ir.Inventory) -> Tables:
+    """Lower a policy set and an inventory to decision tables."""
+    b = _Builder(policy, inventory)
+    entries = build_entries(policy, inventory)
+    rule_by_id = {r.id: r.rule for r in b.refs}
+
+    peer_classes: dict = {}
+    subject_classes = {d: {} for d in ir.Direction}
+    peer_sig_of: dict[int, tuple] = {}
+    subject_sig_of: dict[tuple[int, int], tuple] = {}
+
+    def ep_value(entry: Entry) -> tuple:
+        sig = b.peer_signature(entry)
+        pc = _intern(peer_classes, sig)
+        peer_sig_of[pc] = sig
+        subj, iso = [0, 0], [0, 0]
+        if entry.kind == KIND_POD:
+            for d in ir.Direction:
+                ssig = b.subject_signature(entry.pod, d)
+                sc = _intern(subject_classes[d], ssig)
+                subject_sig_of[(d, sc)] = ssig
+                subj[d] = sc
+                iso[d] = b.isolated_by(entry.pod, d)
+        return (entry.identity, pc, subj[0], subj[1], iso[0], iso[1])
+
+    values = [ep_value(e) for e in entries]
+    host_values: dict[str, list] = {}
+    for e in entries:
+        if e.kind == KIND_NODE:
+            h = as_host(e)
+            host_values.setdefault(e.node.name, []).append((h, ep_value(h)))
+
+    # Which peer classes each peer atom matches, to relate subjects and peers per rule.
+    atom_classes = {i: set() for i in range(len(b.atoms))}
+    for pc, (matched, _) in peer_sig_of.items():
+        for i in matched:
+            atom_classes[i].add(pc)
+    atom_index = {a: i for i, a in enumerate(b.atoms)}
+
+    profiles: dict = {}
+    pairs: dict[tuple[int, int, int], int] = {}
+    for (d, sc), (rule_ids, subj_names) in sorted(subject_sig_of.items()):
+        related: dict[int, list[int]] = {}
+        for rid in rule_ids:
+            rule = rule_by_id[rid]
+            classes = set().union(*(atom_classes[atom_index[p]] for p in rule.peers)) if rule.peers else set()
+            for pc in classes:
+                related.setdefault(pc, []).append(rid)
+        for pc, rids in sorted(related.items()):
+            names = subj_names if d == ir.Direction.INGRESS else peer_sig_of[pc][1]
+            key = tuple((rid, rule_by_id[rid].action, _resolve_ports(rule_by_id[rid].ports, names))
+                        for rid in rids)
+            key = tuple(k for k in key if k[2] != ())
+            if key:
+                pairs[(int(d), sc, pc)] = _intern(profiles, (int(d), key))
+
+    port_classes, class_count, verdicts = _port_tables(profiles)
+    rules = _rule_descriptions(b)
+    return Tables(
+        entries=entries, entry_values=values, host_values=host_values, pairs=pairs,
+        port_classes=port_classes, port_class_count=class_count, verdicts=verdicts, rules=rules,
+        subject_classes=[len(subject_classes[d]) for d in ir.Direction],
+        peer_class_count=len(peer_classes), profile_count=len(profiles),
+    )
+
+
+def _ranges(ports: tuple | None):
+    """(proto, lo, hi) triples a resolved port list covers; None covers everything."""
+    if ports is None:
+        return [(p, 0, proto_max(p)) for p in ALL_PROTOS]
+    return [(p.proto, p.lo, p.hi) for p in ports]
+
+
+def _port_tables(profiles: dict):
+    """Cut each (direction, protocol) port space at every rule boundary, then fill verdicts."""
+    bounds: dict[tuple[int, int], set[int]] = {}
+    for (d, key) in profiles:
+        for _, _, ports in key:
+            for proto, lo, hi in _ranges(ports):
+                s = bounds.setdefault((d, int(proto)), {0})
+                s.add(lo)
+                if hi < proto_max(proto):  # the datapath never sees a larger port
+                    s.add(hi + 1)
+    starts = {k: sorted(v) for k, v in bounds.items()}
+    port_classes: dict[tuple[int, int], array.array] = {}
+    for k, st in starts.items():
+        arr = array.array("H", bytes(131072))
+        for c, lo in enumerate(st):
+            hi = st[c + 1] if c + 1 < len(st) else 65536
+            arr[lo:hi] = array.array("H", [c]) * (hi - lo)
+        port_classes[k] = arr
+    verdicts: dict[tuple[int, int, int], tuple[int, int]] = {}
+    for (d, key), profile in profiles.items():
+        best: dict[tuple[int, int], tuple[int, int]] = {}  # (class, proto) -> (rank, rule)
+        for rid, action, ports in key:
+            rank = 0 if action == ir.Action.DENY else 1
+            for proto, lo, hi in _ranges(ports):
+                st = starts[(d, int(proto))]
+                for c in range(bisect.bisect_right(st, lo) - 1, bisect.bisect_right(st, hi)):
+                    cur = best.get((c, int(proto)))
+                    if cur is None or (rank, rid) < cur:
+                        best[(c, int(proto))] = (rank, rid)
+        for (c, proto), (rank, rid) in best.items():
+            action = ir.Action.DENY if rank == 0 else ir.Action.ALLOW
+            verdicts[(profile, c, proto)] = (rid, int(action))
+    class_count = {k: len(v) for k, v in starts.items()}
+    return port_classes, class_count, verdicts
+
+
+def _origin_dict(origin: ir.Origin) -> dict:
+    return {"file": origin.file, "line": origin.line, "col": origin.col, "policy": origin.policy,
+            "where": origin.where}
+
+
+def _rule_descriptions(b: _Builder) -> list[dict]:
+    out = [{"id": r.id, "action": r.rule.action.name.lower(), "direction": r.rule.direction.name.lower(),
+            **_origin_dict(r.rule.origin)} for r in b.refs]
+    out += [{"id": i, "action": "isolate", "direction": iso.direction.name.lower(), **_origin_dict(iso.origin)}
+            for i, iso in b.isolations]
+    return sorted(out, key=lambda r: r["id"])
