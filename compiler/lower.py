@@ -63,6 +63,8 @@ def parse_policies(docs: Iterable[Document]) -> list[LoadedPolicy]:
 
 def parse_policy(doc: Document) -> LoadedPolicy:
     """Validate one document as a NetworkPolicy, CNP or CCNP."""
+    if not isinstance(doc.data, dict):
+        raise doc.error((), "a policy document must be a mapping (an object with apiVersion and kind)")
     kind, api_version = doc.data.get("kind"), doc.data.get("apiVersion")
     if kind is None:
         raise doc.error((), "document has no 'kind'")

@@ -189,7 +189,7 @@ def _to_documents(loader, node, file, index, lines, errors) -> Iterator[Document
         return  # an empty document (e.g. a trailing `---`)
     doc = Document(file, index, data, builder.positions, lines, builder.key_positions)
     if not isinstance(data, dict):
-        errors.append(doc.error((), "a document must be a mapping (an object with apiVersion and kind)"))
+        yield doc  # e.g. a flow file (a list); object loaders check for a mapping
         return
     kind = data.get("kind")
     if isinstance(kind, str) and (kind == "List" or kind.endswith("List") and "items" in data):
