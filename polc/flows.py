@@ -3,7 +3,7 @@
 A flow file is a YAML (or JSON) list of mappings::
 
     - {from: default/tiefighter, to: default/deathstar, proto: TCP, port: 80, expect: allow}
-    - {from: 198.51.100.7, to: x/a, proto: ICMP, icmp_type: 8, expect: deny}
+    - {from: 198.19.200.7, to: x/a, proto: ICMP, icmp_type: 8, expect: deny}
 
 ``from``/``to`` name a pod as ``namespace/name`` or give an IP address.  Pods with both
 address families use the family of the other side when it is an IP, IPv6 for ICMPv6, and

@@ -1,0 +1,113 @@
+"""``polc test``: judge the flows of a flow file and compare with what the user expects."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from polc import abi
+from polc.compiler import ir
+from polc.compiler.inventory import load_inventory
+from polc.flows import Flow, load_flows
+
+EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+DIRECTION = {abi.PROG_FROM_EP: "egress", abi.PROG_TO_EP: "ingress"}
+PROTO_NAMES = {ir.Proto.TCP: "TCP", ir.Proto.UDP: "UDP", ir.Proto.SCTP: "SCTP", ir.Proto.ICMP: "ICMP",
+               ir.Proto.ICMPV6: "ICMPv6"}
+
+
+class KernelJudge:
+    """Loads the object into the kernel (unpinned, gone on exit) and runs flows through it."""
+
+    def __init__(self, path: str):
+        from polc.runtime.elfobj import ObjectFile
+        from polc.runtime.loader import Collection
+        from polc.runtime.testrun import KernelEngine
+
+        obj = ObjectFile.from_path(path)
+        if obj.meta is None:
+            from polc.runtime.errors import ObjectError
+            raise ObjectError(f"{path}: not a polc object (no {abi.META_SECTION} section)")
+        self.collection = Collection.load(obj)
+        self.engine = KernelEngine(self.collection, obj.meta)
+        self.nodes = set(obj.meta.get("nodes") or {})
+
+    def judge(self, flow: Flow) -> dict:
+        from polc.runtime.testrun import Flow as KernelFlow
+
+        def node(pod):
+            return pod.node if pod is not None and pod.node in self.nodes else None
+
+        kflow = KernelFlow(src_ip=str(flow.src), dst_ip=str(flow.dst), proto=PROTO_NAMES[flow.proto],
+                           port=flow.port if flow.proto < ir.Proto.ICMP else None,
+                           icmp_type=flow.port if flow.proto >= ir.Proto.ICMP else None,
+                           src_local_node=node(flow.src_pod), dst_local_node=node(flow.dst_pod))
+        result = self.engine.run(kflow)
+        runs = [{"direction": DIRECTION[r.program], "program": r.program, "node": r.node,
+                 "verdict": "allow" if r.passed else "deny", "stage": r.stage, "rule": r.rule}
+                for r in result.runs]
+        return {"verdict": result.verdict, "runs": runs}
+
+    def close(self) -> None:
+        self.collection.close()
+
+
+def _deciding(runs: list[dict]) -> dict:
+    """The run that decided: the first that denied, else the last (the ingress side)."""
+    return next((r for r in runs if r["verdict"] == "deny"), runs[-1])
+
+
+def _record(flow: Flow, judged: dict) -> dict:
+    decide = _deciding(judged["runs"])
+    rec = {
+        "index": flow.index, "name": flow.name, "src": str(flow.src), "dst": str(flow.dst),
+        "from": flow.src_pod.ref if flow.src_pod else str(flow.src),
+        "to": flow.dst_pod.ref if flow.dst_pod else str(flow.dst),
+        "proto": PROTO_NAMES[flow.proto],
+        "verdict": judged["verdict"], "expect": flow.expect,
+        "ok": flow.expect is None or flow.expect == judged["verdict"],
+        "direction": decide["direction"], "stage": decide["stage"], "rule": decide["rule"],
+        "runs": judged["runs"],
+    }
+    rec["icmp_type" if flow.proto >= ir.Proto.ICMP else "port"] = flow.port
+    return rec
+
+
+def _rule_text(rule: dict | None) -> str:
+    if not rule:
+        return ""
+    where = f" {rule['where']}" if rule.get("where") else ""
+    return f" {rule['file']}:{rule['line']}:{rule['col']} {rule['policy']}{where}"
+
+
+def _line(rec: dict) -> str:
+    status = "ok  " if rec["ok"] else "FAIL"
+    port = f"{rec['proto']}/{rec['port']}" if "port" in rec else f"{rec['proto']} type {rec['icmp_type']}"
+    expect = "" if rec["ok"] or rec["expect"] is None else f" (expected {rec['expect']})"
+    return (f"{status} {rec['verdict']:<5} {rec['from']} -> {rec['to']} {port}{expect}  "
+            f"[{rec['direction']} {rec['stage']}{_rule_text(rec['rule'])}]")
+
+
+def run_test(args) -> int:
+    """Entry point of ``polc test``; returns the exit code."""
+    if os.geteuid() != 0:
+        print("polc test: error: the kernel engine needs root (CAP_BPF and CAP_NET_ADMIN) to load the "
+              "program and run BPF_PROG_TEST_RUN; run it with sudo", file=sys.stderr)
+        return EXIT_ERROR
+    inventory = load_inventory(args.cluster) if args.cluster else ir.Inventory()
+    flows = load_flows(args.flows, inventory)
+    judge = KernelJudge(args.object)
+    try:
+        records = [_record(f, judge.judge(f)) for f in flows]
+    finally:
+        judge.close()
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        for rec in records:
+            print(_line(rec))
+        failed = sum(not r["ok"] for r in records)
+        checked = sum(r["expect"] is not None for r in records)
+        print(f"{len(records)} flows, {checked - failed} as expected, {failed} not (engine: kernel)")
+    return EXIT_MISMATCH if any(not r["ok"] for r in records) else EXIT_OK
