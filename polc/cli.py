@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("object", metavar="OUT.o")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
+
+    from polc import nodecmd  # load, attach, update, detach, unload, status
+
+    nodecmd.register(sub)
     return p
 
 
