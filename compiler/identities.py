@@ -101,7 +101,7 @@ def build_entries(policy: ir.PolicySet, inventory: ir.Inventory) -> list[Entry]:
                    key=lambda n: (n.version, n.network_address.packed, n.prefixlen))
     for i, net in enumerate(cidrs):
         world = reserved_labels(f"world-ipv{net.version}")
-        labels = tuple(sorted(dict(world) | {("cidr", str(net)): ""}.items()))
+        labels = tuple(sorted((dict(world) | {("cidr", str(net)): ""}).items()))
         entries[net] = Entry(net, KIND_WORLD, LOCAL_SCOPE + 1 + i, labels)
     return sorted(entries.values(), key=lambda e: (e.network.version, e.network.network_address.packed,
                                                   e.network.prefixlen))
