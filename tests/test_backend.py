@@ -70,3 +70,40 @@ def test_emitted_c_builds_with_clang(tmp_path):
     assert proc.returncode == 0, proc.stderr
     head = (tmp_path / "c" / "policy.c").read_text().splitlines()[1]
     assert "DO NOT EDIT" in head
+
+
+def _verdicts(obj, flows, cluster):
+    proc = polc("test", str(obj), flows, "--cluster", cluster, "--json", check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    import json
+
+    return [(r["from"], r["to"], r["proto"], r.get("port", r.get("icmp_type")), r["verdict"], r["stage"])
+            for r in json.loads(proc.stdout)]
+
+
+def _cases():
+    """The shipped example plus the conformance cases (when present)."""
+    cases = [(os.path.join(EXAMPLE, "policy.yaml"), os.path.join(EXAMPLE, "flows.yaml"),
+              os.path.join(EXAMPLE, "cluster.yaml"))]
+    for suite in ("k8s_e2e", "cilium_connectivity"):
+        base = os.path.join(ROOT, "tests", "data", suite)
+        if not os.path.isdir(base):
+            continue
+        for case in sorted(os.listdir(base))[:6]:
+            d = os.path.join(base, case)
+            if os.path.isfile(os.path.join(d, "flows.yaml")):
+                cases.append((os.path.join(d, "policy.yaml"), os.path.join(d, "flows.yaml"),
+                              os.path.join(base, "cluster.yaml")))
+    return cases
+
+
+@pytest.mark.skipif(shutil.which("clang-19") is None, reason="clang-19 not installed (tests/run installs it)")
+@pytest.mark.parametrize("policy,flows,cluster", _cases(), ids=lambda p: os.path.basename(os.path.dirname(p)))
+def test_clang_built_c_gives_same_verdicts(tmp_path, needs_kernel, policy, flows, cluster):
+    polc("compile", policy, "--cluster", cluster, "-o", str(tmp_path / "llvmlite.o"), "--emit-c", str(tmp_path / "c"))
+    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(["clang-19", "-target", "bpf", "-O2", "-g", f"-I/usr/include/{arch}", "-c",
+                    str(tmp_path / "c" / "policy.c"), "-o", str(tmp_path / "clang.o")], check=True)
+    ours = _verdicts(tmp_path / "llvmlite.o", flows, cluster)
+    theirs = _verdicts(tmp_path / "clang.o", flows, cluster)
+    assert ours and ours == theirs
