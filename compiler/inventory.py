@@ -217,10 +217,18 @@ def _pods(items, ns_labels: dict[str, dict[str, str]], errors: list[PolcError]) 
         pod = _pod(doc, obj, ns, ns_labels.get(ns, {NS_NAME_LABEL: ns}))
         for ip in pod.ips:
             if ip in owners:
-                errors.append(doc.error(("status",), f"pod IP {ip} of {ref} is also the IP of {owners[ip]}"))
+                errors.append(doc.error(_ip_path(obj, ip), f"pod IP {ip} of {ref} is also the IP of {owners[ip]}"))
             owners.setdefault(ip, ref)
         out[ref] = pod
     return list(out.values())
+
+
+def _ip_path(obj: PodObj, ip: ir.IPAddress) -> tuple:
+    """Where ``ip`` is written in the pod (for error positions)."""
+    for i, entry in enumerate(obj.status.pod_ips or ()):
+        if ipaddress.ip_address(entry.ip) == ip:
+            return ("status", "podIPs", i, "ip")
+    return ("status", "podIP")
 
 
 def _pod(doc: Document, obj: PodObj, ns: str, ns_labels: dict[str, str]) -> ir.Pod:
