@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 from . import ir
 from .errors import CompileError, PolcError, raise_all
 from .frontends import cilium, k8s
-from .frontends.common import LabelSelector, LoadedPolicy, validate
+from .frontends.common import LabelSelector, LoadedPolicy, parse_cidr, validate
 from .source import Document, load_paths, path_str
 
 INVENTORY_KINDS = ("Namespace", "Pod", "Node")
@@ -335,8 +335,6 @@ def _first_nonempty_peer(item) -> tuple[str, list] | None:
 
 def cilium_cidr(text: str) -> ir.IPNetwork:
     """A ``fromCIDR``/``toCIDR`` entry (a bare address is a host prefix)."""
-    from .frontends.common import parse_cidr
-
     return parse_cidr(text, allow_bare_ip=True)
 
 

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ..errors import CompileError, PolcError, UnsupportedError
+from ..errors import CompileError, PolcError, UnsupportedError, raise_all
 from ..source import Document
 
 # --------------------------------------------------------------------------- errors
@@ -324,5 +324,4 @@ def validate(doc: Document, model: type[BaseModel]):
         return model.model_validate(doc.data)
     except ValidationError as exc:
         errors = validation_errors(doc, exc)
-    from ..errors import raise_all
     raise_all(errors)
