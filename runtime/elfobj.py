@@ -38,6 +38,17 @@ MAPS_SECTION = ".maps"
 LICENSE_SECTION = "license"
 _DATA_PREFIXES = (".rodata", ".data", ".bss")
 
+# Program section names (libbpf's conventions) -> (program type, expected attach type).
+PROGRAM_SECTIONS = {
+    "tc": (bpf.BPF_PROG_TYPE_SCHED_CLS, 0),
+    "classifier": (bpf.BPF_PROG_TYPE_SCHED_CLS, 0),
+    "tcx/ingress": (bpf.BPF_PROG_TYPE_SCHED_CLS, bpf.BPF_TCX_INGRESS),
+    "tcx/egress": (bpf.BPF_PROG_TYPE_SCHED_CLS, bpf.BPF_TCX_EGRESS),
+    "xdp": (6, 37),  # BPF_PROG_TYPE_XDP, BPF_XDP
+    "cgroup_skb/ingress": (8, 0),  # BPF_PROG_TYPE_CGROUP_SKB, BPF_CGROUP_INET_INGRESS
+    "cgroup_skb/egress": (8, 1),
+}
+
 # Fields a BTF map definition may set, and the MapSpec attribute each one feeds.
 _MAP_FIELDS = {"type", "max_entries", "map_flags", "key_size", "value_size", "numa_node", "map_extra",
                "pinning"}
@@ -67,6 +78,8 @@ class ProgramSpec:
     insns: bytes
     license: str
     section_offset: int
+    prog_type: int = bpf.BPF_PROG_TYPE_SCHED_CLS
+    expected_attach_type: int = 0
     relocations: list[Relocation] = field(default_factory=list)
     func_info: bytes = b""  # kernel-ready struct bpf_func_info records (insn indices)
     func_info_rec_size: int = 0
@@ -135,6 +148,7 @@ class ObjectFile:
         self.btf: BTF | None = None
         self.btf_blob: bytes | None = None  # kernel-loadable (fixed up) .BTF
         self.symbols: dict[str, tuple[str, int, int]] = {}  # name -> (section, value, size)
+        self._section_symbols: dict[str, dict[str, int]] = {}  # section -> {name: value}
         self._section_data: dict[str, bytes] = {}
 
     # --- construction ------------------------------------------------------------------
@@ -198,7 +212,11 @@ class ObjectFile:
                 continue
             if sym["st_info"]["type"] in ("STT_SECTION", "STT_FILE"):
                 continue
-            self.symbols[sym.name] = (sections[shndx].name, sym["st_value"], sym["st_size"])
+            secname = sections[shndx].name
+            self._section_symbols.setdefault(secname, {})[sym.name] = sym["st_value"]
+            if sym.name in self.symbols and sym["st_info"]["bind"] == "STB_LOCAL":
+                continue  # a static of the same name elsewhere; globals win the by-name lookup
+            self.symbols[sym.name] = (secname, sym["st_value"], sym["st_size"])
 
     # --- BTF and maps ------------------------------------------------------------------
 
@@ -211,11 +229,8 @@ class ObjectFile:
         except BTFParseError as e:
             raise self._error(f".BTF: {e}") from e
         sizes = {s.name: s.data_size for s in elf.iter_sections()}
-        offsets: dict[str, dict[str, int]] = {}
-        for sym, (secname, value, _size) in self.symbols.items():
-            offsets.setdefault(secname, {})[sym] = value
         try:
-            self.btf_blob = self.btf.fixup(sizes, offsets)
+            self.btf_blob = self.btf.fixup(sizes, self._section_symbols)
         except BTFParseError as e:
             raise self._error(f".BTF: {e}") from e
 
@@ -231,8 +246,8 @@ class ObjectFile:
             raise self._error(f".maps: {e}") from e
         for d in defs:
             self.maps[d.name] = self._map_spec(d)
-        for sym, (secname, _value, _size) in self.symbols.items():
-            if secname == MAPS_SECTION and sym not in self.maps:
+        for sym in self._section_symbols.get(MAPS_SECTION, {}):
+            if sym not in self.maps:
                 raise self._error(f"symbol '{sym}' in .maps has no BTF map definition")
 
     def _map_spec(self, d) -> MapSpec:
@@ -291,6 +306,9 @@ class ObjectFile:
                 continue
             if not funcs:
                 raise self._error(f"section {sec.name} holds code but no global function symbol")
+            if sec.name not in PROGRAM_SECTIONS:
+                raise self._error(f"program section '{sec.name}' has no known program type",
+                                  f"use one of {', '.join(PROGRAM_SECTIONS)}")
             data = sec.data()
             for sym in funcs:
                 self._add_program(sec.name, data, sym)
@@ -311,7 +329,8 @@ class ObjectFile:
             if code == OP_CALL and regs >> 4 == BPF_PSEUDO_CALL:
                 raise self._error(f"program '{sym.name}': bpf-to-bpf call at instruction {i}",
                                   "subprograms are not supported; mark helpers __always_inline")
-        self.programs[sym.name] = ProgramSpec(sym.name, secname, insns, self.license, start)
+        prog_type, attach_type = PROGRAM_SECTIONS[secname]
+        self.programs[sym.name] = ProgramSpec(sym.name, secname, insns, self.license, start, prog_type, attach_type)
 
     def _program_at(self, secname: str, offset: int) -> ProgramSpec | None:
         for p in self.programs.values():

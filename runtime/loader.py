@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from polc import abi
 
@@ -201,8 +201,8 @@ class _Loading:
     """What a load has made so far, so that a failure can close it."""
 
     btf_fd: int = -1
-    maps: dict[str, Map] = None
-    programs: dict[str, Program] = None
+    maps: dict[str, Map] = field(default_factory=dict)
+    programs: dict[str, Program] = field(default_factory=dict)
 
     def close(self) -> None:
         for owner in list(self.programs.values()) + list(self.maps.values()):
@@ -223,8 +223,7 @@ class Collection:
 
     @classmethod
     def load(cls, obj: ObjectFile, *, reuse_maps: dict[str, int] | None = None, fill: bool = True,
-             generation: bool = True, prog_type: int = bpf.BPF_PROG_TYPE_SCHED_CLS,
-             log_level: int = 0) -> Collection:
+             generation: bool = True, log_level: int = 0) -> Collection:
         """Create the maps and load the programs of ``obj``.
 
         ``reuse_maps`` maps a map name to an fd to use instead of creating the map (e.g.
@@ -236,7 +235,7 @@ class Collection:
         unknown = set(reuse_maps or {}) - set(obj.maps)
         if unknown:
             raise ValueError(f"reuse_maps names maps the object does not have: {sorted(unknown)}")
-        made = _Loading(maps={}, programs={})
+        made = _Loading()
         try:
             made.btf_fd = _load_btf(obj)
             for spec in obj.maps.values():
@@ -245,7 +244,7 @@ class Collection:
             if fill:
                 _write_images(obj, made.maps)
             for spec in obj.programs.values():
-                made.programs[spec.name] = _load_program(obj, spec, made, prog_type, log_level)
+                made.programs[spec.name] = _load_program(obj, spec, made, log_level)
             if fill and generation:
                 _write_generation(obj, made.maps)
         except BaseException:
@@ -345,7 +344,7 @@ def _write_images(obj: ObjectFile, maps: dict[str, Map]) -> None:
         maps[name].update_batch(image.records)
 
 
-def _load_program(obj: ObjectFile, spec: ProgramSpec, made: _Loading, prog_type: int, log_level: int) -> Program:
+def _load_program(obj: ObjectFile, spec: ProgramSpec, made: _Loading, log_level: int) -> Program:
     insns = _relocate(spec, made.maps)
     btf = {}
     if made.btf_fd >= 0 and spec.func_info:
@@ -354,8 +353,9 @@ def _load_program(obj: ObjectFile, spec: ProgramSpec, made: _Loading, prog_type:
     if not spec.license:
         raise ObjectError(obj.path, f"program '{spec.name}': no license section",
                           'add char _license[] SEC("license") = "GPL";')
-    fd = bpf.prog_load(prog_type, insns, spec.license, name=spec.name[:15], log_level=log_level, **btf)
-    return Program(fd, spec, prog_type)
+    fd = bpf.prog_load(spec.prog_type, insns, spec.license, name=spec.name[:15],
+                       expected_attach_type=spec.expected_attach_type, log_level=log_level, **btf)
+    return Program(fd, spec, spec.prog_type)
 
 
 def _relocate(spec: ProgramSpec, maps: dict[str, Map]) -> bytes:

@@ -286,3 +286,23 @@ def test_pin_and_get(maps_obj):
         for name in os.listdir(pin_dir):
             os.unlink(os.path.join(pin_dir, name))
         os.rmdir(pin_dir)
+
+
+SECTIONS_C = PRELUDE + r"""
+SEC("tcx/ingress") int in(struct __sk_buff *skb) { return 0; }
+SEC("tcx/egress") int out(struct __sk_buff *skb) { return 2; }
+char _license[] SEC("license") = "GPL";
+"""
+
+
+def test_section_names_give_program_types(tmp_path):
+    obj = ObjectFile.from_path(compile_bpf(tmp_path, SECTIONS_C, "sections"))
+    assert {p.name: (p.prog_type, p.expected_attach_type) for p in obj.programs.values()} == {
+        "in": (bpf.BPF_PROG_TYPE_SCHED_CLS, bpf.BPF_TCX_INGRESS),
+        "out": (bpf.BPF_PROG_TYPE_SCHED_CLS, bpf.BPF_TCX_EGRESS)}
+    require_bpf()
+    with Collection.load(obj) as coll:
+        assert [coll.program(n).test_run(bytes(14)).retval for n in ("in", "out")] == [0, 2]
+    bad = compile_bpf(tmp_path, SECTIONS_C.replace('"tcx/egress"', '"kprobe/foo"'), "badsec")
+    with pytest.raises(ObjectError, match="program section 'kprobe/foo' has no known program type"):
+        ObjectFile.from_path(bad)
