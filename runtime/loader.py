@@ -235,6 +235,10 @@ class Collection:
         unknown = set(reuse_maps or {}) - set(obj.maps)
         if unknown:
             raise ValueError(f"reuse_maps names maps the object does not have: {sorted(unknown)}")
+        if abi.MAP_CTRL in obj.maps and obj.generation == 0:
+            # polc_ctrl starts zeroed: generation 0 would open the datapath before any image.
+            raise ObjectError(obj.path, f"'{abi.GENERATION_SYMBOL}' is 0, so the datapath cannot fail closed",
+                              "the compiler must emit a nonzero generation")
         made = _Loading()
         try:
             made.btf_fd = _load_btf(obj)

@@ -306,3 +306,10 @@ def test_section_names_give_program_types(tmp_path):
     bad = compile_bpf(tmp_path, SECTIONS_C.replace('"tcx/egress"', '"kprobe/foo"'), "badsec")
     with pytest.raises(ObjectError, match="program section 'kprobe/foo' has no known program type"):
         ObjectFile.from_path(bad)
+
+
+def test_generation_zero_is_refused(tmp_path):
+    """polc_ctrl starts at 0: an object of generation 0 would be open without its tables."""
+    path = compile_bpf(tmp_path, MAPS_C.replace("polc_generation = 7", "polc_generation = 0"), "gen0")
+    with pytest.raises(ObjectError, match="'polc_generation' is 0"):
+        Collection.load(ObjectFile.from_path(path))
