@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from . import ir
 from .identities import KIND_NODE, KIND_POD, KIND_WORLD, RESERVED_IDS, Entry, as_host, build_entries
+from .selectors import LabelIndex, iter_bits
 
 FULL = {ir.Proto.ICMP: 255, ir.Proto.ICMPV6: 255, ir.Proto.OTHER: 0}
 ALL_PROTOS = tuple(ir.Proto)
@@ -57,20 +58,6 @@ class Tables:
     profile_count: int = 0
 
 
-def _peer_matches(peer: ir.Peer, entry: Entry) -> bool:
-    """Whether the addresses behind ``entry`` are ``peer`` (see identities for why this is exact)."""
-    if isinstance(peer, ir.PeerEntity):
-        return _entity_matches(peer.entity, entry)
-    if isinstance(peer, ir.PeerSelector):
-        return peer.selector.matches(entry.label_map)
-    if entry.kind != KIND_WORLD and not peer.include_cluster:
-        return False
-    net = entry.network
-    if net.version != peer.cidr.version or not net.subnet_of(peer.cidr):
-        return False
-    return not any(net.subnet_of(e) for e in peer.excepts if e.version == net.version)
-
-
 def _entity_matches(entity: str, entry: Entry) -> bool:
     if entity == "all":
         return True
@@ -93,12 +80,43 @@ def _used_names(rules: list[RuleRef], direction: ir.Direction) -> frozenset:
                      for p in (r.rule.ports or ()) if isinstance(p, ir.NamedPort))
 
 
-class _Builder:
-    """Builds :class:`Tables`; one instance per compile."""
+def _prefix_key(net: ir.IPNetwork, length: int) -> tuple[int, int, int]:
+    """(version, length, the first ``length`` bits of ``net``) -- a hashable supernet."""
+    return net.version, length, int(net.network_address) >> (net.max_prefixlen - length)
 
-    def __init__(self, policy: ir.PolicySet, inventory: ir.Inventory):
-        self.policy = policy
-        self.inventory = inventory
+
+class _CIDRAtoms:
+    """Finds the CIDR peers an LPM entry falls in by looking up its supernets, not every CIDR."""
+
+    def __init__(self, atoms: list):
+        self.by_prefix: dict[tuple, list[int]] = {}
+        self.lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        self.atoms = atoms
+        for i, atom in enumerate(atoms):
+            if isinstance(atom, ir.PeerCIDR):
+                self.by_prefix.setdefault(_prefix_key(atom.cidr, atom.cidr.prefixlen), []).append(i)
+                self.lengths[atom.cidr.version].add(atom.cidr.prefixlen)
+
+    def matching(self, entry: Entry) -> list[int]:
+        net = entry.network
+        out = []
+        for length in self.lengths[net.version]:
+            if length > net.prefixlen:
+                continue
+            for i in self.by_prefix.get(_prefix_key(net, length), ()):
+                atom = self.atoms[i]
+                if entry.kind != KIND_WORLD and not atom.include_cluster:
+                    continue
+                if not any(e.version == net.version and e.prefixlen <= net.prefixlen
+                           and _prefix_key(net, e.prefixlen) == _prefix_key(e, e.prefixlen) for e in atom.excepts):
+                    out.append(i)
+        return out
+
+
+class _Builder:
+    """Relates rules, endpoints and peers; one instance per compile."""
+
+    def __init__(self, policy: ir.PolicySet, entries: list[Entry]):
         self.refs = [RuleRef(i + 1, r) for i, r in enumerate(policy.rules)]
         n = len(self.refs)
         self.isolations = [(n + 1 + i, iso) for i, iso in enumerate(policy.isolations)]
@@ -107,24 +125,44 @@ class _Builder:
         self.refs.append(RuleRef(n + len(self.isolations) + 1, localhost))
         self.atoms = sorted({p for r in self.refs for p in r.rule.peers}, key=repr)
         self.names = {d: _used_names(self.refs, d) for d in ir.Direction}
+        label_sets = sorted({e.labels for e in entries} | {as_host(e).labels for e in entries if e.node})
+        self.label_pos = {labels: i for i, labels in enumerate(label_sets)}
+        index = LabelIndex(label_sets)
+        n_sets = len(label_sets)
+        # Per label set: the rule ids whose subject selects it, per direction, in id order.
+        self.rules_of = {d: [[] for _ in range(n_sets)] for d in ir.Direction}
+        for ref in self.refs:
+            for pos in iter_bits(index.selector(ref.rule.subject)):
+                self.rules_of[ref.rule.direction][pos].append(ref.id)
+        self.isolated = {d: [0] * n_sets for d in ir.Direction}
+        for iso_id, iso in self.isolations:
+            marks = self.isolated[iso.direction]
+            for pos in iter_bits(index.selector(iso.subject)):
+                marks[pos] = marks[pos] or iso_id
+        # Per label set: the selector atoms it matches.
+        self.selector_atoms: list[list[int]] = [[] for _ in range(n_sets)]
+        for i, atom in enumerate(self.atoms):
+            if isinstance(atom, ir.PeerSelector):
+                for pos in iter_bits(index.selector(atom.selector)):
+                    self.selector_atoms[pos].append(i)
+        self.entity_atoms = [(i, a.entity) for i, a in enumerate(self.atoms) if isinstance(a, ir.PeerEntity)]
+        self.cidr_atoms = _CIDRAtoms(self.atoms)
 
     # -- peer classes -------------------------------------------------------------------
     def peer_signature(self, entry: Entry) -> tuple:
-        matched = tuple(i for i, atom in enumerate(self.atoms) if _peer_matches(atom, entry))
-        return matched, _named_ports(entry.pod, self.names[ir.Direction.EGRESS])
+        matched = list(self.selector_atoms[self.label_pos[entry.labels]])
+        matched += self.cidr_atoms.matching(entry)
+        matched += [i for i, entity in self.entity_atoms if _entity_matches(entity, entry)]
+        return tuple(sorted(matched)), _named_ports(entry.pod, self.names[ir.Direction.EGRESS])
 
     # -- subject classes ----------------------------------------------------------------
     def subject_signature(self, pod: ir.Pod, direction: ir.Direction) -> tuple:
-        labels = pod.label_map
-        rules = tuple(r.id for r in self.refs
-                      if r.rule.direction == direction and r.rule.subject.matches(labels))
+        rules = tuple(self.rules_of[direction][self.label_pos[pod.labels]])
         names = self.names[direction] if direction == ir.Direction.INGRESS else frozenset()
         return rules, _named_ports(pod, names)
 
     def isolated_by(self, pod: ir.Pod, direction: ir.Direction) -> int:
-        labels = pod.label_map
-        return next((i for i, iso in self.isolations
-                     if iso.direction == direction and iso.subject.matches(labels)), 0)
+        return self.isolated[direction][self.label_pos[pod.labels]]
 
 
 def _intern(table: dict, key) -> int:
@@ -150,8 +188,8 @@ def _resolve_ports(ports, resolutions: tuple) -> tuple | None:
 
 def build_tables(policy: ir.PolicySet, inventory: ir.Inventory) -> Tables:
     """Lower a policy set and an inventory to decision tables."""
-    b = _Builder(policy, inventory)
     entries = build_entries(policy, inventory)
+    b = _Builder(policy, entries)
     rule_by_id = {r.id: r.rule for r in b.refs}
 
     peer_classes: dict = {}

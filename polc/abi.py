@@ -12,7 +12,20 @@ polc-specific parts of the ELF object:
   metadata section ``.polc.meta``.
 
 A loader creates the maps, writes every image, loads the programs and writes the
-generation into ``polc_ctrl[0]`` last: until then every policed packet is dropped.
+generation into ``polc_ctrl[0]`` last: until then every packet is dropped.  The generation
+is never 0 (the value of an unwritten ``polc_ctrl``).
+
+``.polc.meta`` (JSON) holds: ``generation``, ``digest`` (sha256 over the metadata and the
+images), ``sources`` (``{file, role, sha256}``), ``rules`` (``{id, action, direction, file,
+line, col, policy, where}``; ids are what the datapath reports in ``cb[1]``),
+``identities``, ``endpoints``, ``classes``, and ``nodes``: ``{node: {"host": [[key_hex,
+value_hex], ...], "remote": [...]}}``, two views of the same ``polc_ipcache`` keys (the
+node's own addresses).  The image holds the "remote" view; a loader on node N writes N's
+"host" records over it.
+
+The datapath writes the stage (``STAGES``; 0 = not written) to ``skb->cb[0]`` and the
+deciding rule id (0 = none) to ``cb[1]``; both are meaningful when it returned TC_ACT_OK (0)
+or TC_ACT_SHOT (2).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ def describe(path: str) -> dict:
     """A JSON-ready description of the object at ``path``."""
     obj = ObjectFile.from_path(path)
     if obj.meta is None:
-        raise ObjectError(f"{path}: not a polc object (no {abi.META_SECTION} section)")
+        raise ObjectError(path, f"not a polc object (no {abi.META_SECTION} section)")
     meta = obj.meta
     maps = []
     for name, spec in obj.maps.items():

@@ -28,7 +28,7 @@ class KernelJudge:
         obj = ObjectFile.from_path(path)
         if obj.meta is None:
             from polc.runtime.errors import ObjectError
-            raise ObjectError(f"{path}: not a polc object (no {abi.META_SECTION} section)")
+            raise ObjectError(path, f"not a polc object (no {abi.META_SECTION} section)")
         self.collection = Collection.load(obj)
         self.engine = KernelEngine(self.collection, obj.meta)
         self.nodes = set(obj.meta.get("nodes") or {})
