@@ -201,11 +201,12 @@ def ensure_bpffs(path: str = BPFFS) -> None:
     if fstype is not None:
         raise BpffsMissing(f"{path} is a {fstype} mount, not a BPF file system",
                            f"unmount it or mount bpffs there: mount -t bpf bpf {path}")
-    if _private_mount_ns():
-        raise BpffsMissing(f"no BPF file system at {path} in this mount namespace (is this `ip netns exec`?)",
-                           "run polc in the host's mount namespace and pass --netns NAME to attach to "
-                           "interfaces of a network namespace; a bpffs mounted here would be private and "
-                           "its pins would vanish with this process")
+    netns = _ip_netns_exec_name()
+    if netns is not None:
+        raise BpffsMissing(f"no BPF file system at {path}: this looks like `ip netns exec {netns}`, which "
+                           "remounts /sys in a private mount namespace",
+                           f"run polc outside it and pass --netns {netns} to attach to its interfaces; a bpffs "
+                           "mounted here would be private and its pins would vanish with this process")
     os.makedirs(path, exist_ok=True)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"bpf", os.fsencode(path), b"bpf", 0, b"mode=0700") != 0:
@@ -214,11 +215,25 @@ def ensure_bpffs(path: str = BPFFS) -> None:
                            f"mount it yourself: mount -t bpf bpf {path}")
 
 
-def _private_mount_ns() -> bool:
+def _ip_netns_exec_name() -> str | None:
+    """The ``ip netns`` name of our network namespace when /sys was remounted for it, else None.
+
+    ``ip netns exec NAME`` enters a new mount namespace and mounts a sysfs whose source is
+    NAME at /sys, hiding the host's /sys/fs/bpf.
+    """
     try:
-        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+        own = os.stat("/proc/thread-self/ns/net")
+        names = os.listdir("/run/netns")
     except OSError:
-        return False  # no access to PID 1 (e.g. a container): trust the caller
+        return None
+    for name in names:
+        try:
+            st = os.stat(os.path.join("/run/netns", name))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+            return name
+    return None
 
 
 def _prepare(command: str) -> None:
