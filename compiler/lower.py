@@ -13,9 +13,9 @@ from typing import Iterable, Sequence
 
 from . import ir
 from .errors import CompileError, PolcError, raise_all
-from .frontends import cilium, k8s
+from .frontends import cilium, dsl, k8s
 from .frontends.common import LabelSelector, LoadedPolicy, parse_cidr, validate
-from .source import Document, load_paths, path_str
+from .source import Document, expand_paths, load_file, path_str
 
 INVENTORY_KINDS = ("Namespace", "Pod", "Node")
 POLICY_KINDS = {k8s.KIND: (k8s.API_VERSION, k8s.NetworkPolicy),
@@ -34,9 +34,21 @@ ANY_PROTOS = (ir.Proto.TCP, ir.Proto.UDP, ir.Proto.SCTP)
 def load_policies(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LoadedPolicy]:
     """Load and validate every policy in ``paths`` (files or directories).
 
-    Raises ``CompileError`` (an ``ErrorList`` when there are several) with positions.
+    ``.pol`` files are read by the DSL frontend, everything else as YAML/JSON; both give
+    documents of the same shape.  Raises ``CompileError`` (an ``ErrorList`` when there are
+    several) with positions.
     """
-    return parse_policies(load_paths(paths))
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    docs: list[Document] = []
+    errors: list[PolcError] = []
+    for file in expand_paths(paths):
+        try:
+            docs.extend(dsl.load_file(file) if dsl.is_dsl(file) else load_file(file))
+        except PolcError as exc:
+            errors.append(exc)
+    raise_all(errors)
+    return parse_policies(docs)
 
 
 def parse_policies(docs: Iterable[Document]) -> list[LoadedPolicy]:

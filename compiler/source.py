@@ -25,7 +25,7 @@ from .errors import CompileError, Location, PolcError, raise_all
 PathT = tuple  # tuple[str | int, ...]
 Pos = tuple[int, int]
 
-INPUT_SUFFIXES = (".yaml", ".yml", ".json")
+INPUT_SUFFIXES = (".yaml", ".yml", ".json", ".pol")  # .pol: the policy DSL (frontends/dsl.py)
 
 
 @dataclass(frozen=True)
