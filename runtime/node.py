@@ -151,13 +151,26 @@ def _copy_object(lay: Layout, data: bytes) -> None:
 
 @contextmanager
 def _locked(state_root: str = STATE_ROOT) -> Iterator[None]:
-    os.makedirs(state_root, mode=0o700, exist_ok=True)
-    fd = os.open(state_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    """Hold the lock on ``state_root``; unload removes the directory when it empties, so a
+    waiter checks that it locked the directory that is still there, and retries if not."""
+    for _ in range(100):
+        os.makedirs(state_root, mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(state_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(state_root))
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield
+                return
+        finally:
+            os.close(fd)
+    raise NodeError(f"cannot lock {state_root}: it keeps disappearing")
 
 
 def loaded_names(pin_root: str = PIN_ROOT, state_root: str = STATE_ROOT) -> list[str]:
@@ -661,6 +674,17 @@ def unload(name: str, *, layout: Layout | None = None) -> dict:
     check_name(name)
     lay = layout or Layout(name)
     _prepare("unload")
+    try:
+        return _unload(lay)
+    finally:
+        try:
+            os.rmdir(lay.state_root)  # only when no other policy is loaded
+        except OSError:
+            pass
+
+
+def _unload(lay: Layout) -> dict:
+    name = lay.name
     with _locked(lay.state_root):
         state = _read_state_lenient(lay)
         if state is None and not os.path.exists(lay.pin_dir):
@@ -673,18 +697,12 @@ def unload(name: str, *, layout: Layout | None = None) -> dict:
         detached += _detach_stray_links(lay)
         _remove_tree(lay.pin_dir)
         shutil.rmtree(lay.state_dir, ignore_errors=True)
-        for root in (lay.pin_root, lay.state_root):
-            try:
-                if root != lay.state_root:
-                    os.rmdir(root)  # only when empty; the state root holds the lock
-            except OSError:
-                pass
+        try:
+            os.rmdir(lay.pin_root)  # only when no other policy is loaded
+        except OSError:
+            pass
         if os.path.exists(lay.pin_dir):
             raise NodeError(f"'{name}': could not remove {lay.pin_dir}", "remove it by hand (rm -r)")
-    try:
-        os.rmdir(lay.state_root)  # only when no other policy is loaded
-    except OSError:
-        pass
     return {"name": name, "action": "unloaded", "detached": detached,
             "object": (state or {}).get("object")}
 
