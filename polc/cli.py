@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
 
-    from polc import dslcmd, nodecmd  # fmt, convert; load, attach, update, detach, unload, status
+    from polc import benchcmd, dslcmd, nodecmd  # bench; fmt, convert; load ... status
 
+    benchcmd.register(sub)
     dslcmd.register(sub)
     nodecmd.register(sub)
     return p
