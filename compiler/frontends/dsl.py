@@ -517,15 +517,16 @@ _EXAMPLES: dict[str, list[str]] = {
         "k8s policy x { ingress allow from cidr 10.0.0.0/8 except 10.1.0.0/16, 10.2.0.0/16 }",
     ],
     "a port is a number, a range (8000-8080), a name (http) or '*', optionally followed by /PROTOCOL": [
-        "k8s policy x { ingress allow ports }", "k8s policy x { ingress allow ports TCP/80 }",
+        "k8s policy x { ingress allow ports TCP/80 }",
         "k8s policy x { ingress allow ports 80:TCP }", "k8s policy x { ingress allow ports 80 TCP }",
     ],
-    "a clusterwide policy has no namespace": [
-        "cilium clusterwide policy x in y {}",
-    ],
     "missing '}' to close the policy": [
-        "k8s policy x {", "k8s policy x { select {}", "k8s policy x { ingress allow from {}",
-        "k8s policy x { ingress allow ports 80",
+        "k8s policy x {", "k8s policy x { select {}", "k8s policy x { select {a=b}",
+        "k8s policy x { ingress allow from {}", "k8s policy x { ingress allow from {a=b}",
+        "k8s policy x { ingress allow ports 80", "k8s policy x { ingress allow ports 80/TCP",
+        "k8s policy x { ingress allow", "k8s policy x { types ingress",
+        "cilium policy x { egress allow to world", "cilium policy x { egress allow to cidr 1.2.3.4/32",
+        "cilium policy x { description \"a\"", "cilium policy x { rule { select {} }",
     ],
     "missing '}' to close the selector": [
         "k8s policy x { select {app=web", "k8s policy x { select {app=web ingress allow }",
@@ -542,11 +543,45 @@ _EXAMPLES: dict[str, list[str]] = {
 }
 
 
-def _friendly(exc: UnexpectedInput) -> str | None:
-    try:
-        return exc.match_examples(parser().parse, _EXAMPLES, use_accepts=True)
-    except Exception:  # match_examples re-parses the examples; never let it mask the error
+@lru_cache(maxsize=None)
+def _example_signatures() -> tuple[dict, dict]:
+    """``{(lalr state, token type): message}`` and ``{lalr state: message}`` of the examples.
+
+    lark's ``match_examples`` compares whole parser states, stack depth included, so an
+    example only matches mistakes at the same nesting; we key on the LALR state (and the
+    offending token) alone, which is what identifies the mistake.
+    """
+    exact: dict = {}
+    loose: dict = {}
+    for message, examples in _EXAMPLES.items():
+        for example in examples:
+            try:
+                parser().parse(example)
+            except UnexpectedInput as exc:
+                key = _signature(exc)
+                if key is None:
+                    continue
+                exact.setdefault(key, message)
+                loose.setdefault(key[0], message)
+            # (an example that parses is a bug caught by tests/test_dsl_errors.py)
+    return exact, loose
+
+
+def _signature(exc: UnexpectedInput) -> tuple | None:
+    state = getattr(exc, "state", None)
+    if state is None or not getattr(state, "state_stack", None):
         return None
+    token = getattr(exc, "token", None)
+    return (state.position, getattr(token, "type", None) if token is not None else "$CHAR")
+
+
+def _friendly(exc: UnexpectedInput) -> str | None:
+    """The friendly message for a known mistake (lark's match_examples technique)."""
+    key = _signature(exc)
+    if key is None:
+        return None
+    exact, loose = _example_signatures()
+    return exact.get(key) or loose.get(key[0])
 
 
 def _describe_token(tok: Token) -> str:
@@ -909,10 +944,10 @@ class _DocBuilder:
                 self.cidr_set(path, prefix, out, peer)
         elif isinstance(peer, PeerEntity):
             self.add(path, out, prefix + "Entities", peer.pos, peer.name.value)
-        elif prefix == "to":
+        elif prefix == "to" and path[-2] == "egress":
             self.add(path, out, "toFQDNs", peer.pos, {peer.field: peer.value.value})
         else:
-            self.error(peer.pos, "fqdn peers are egress only ('egress allow to fqdn ...')")
+            self.error(peer.pos, "fqdn peers are for egress allow rules only ('egress allow to fqdn ...')")
 
     def cidr_set(self, path: tuple, prefix: str, out: dict, peer: PeerCIDR) -> None:
         """Move plain CIDRs of this rule into the CIDR set (Cilium allows one peer kind per rule)."""

@@ -97,8 +97,8 @@ class _Printer:
                 continue
             self.unexpressible(path + (key,))
 
-    def line_of(self, path: tuple) -> int:
-        return self.doc.position(path)[0]
+    def line_of(self, path: tuple) -> tuple[int, int]:
+        return self.doc.position(path)
 
     # --- scalars and selectors
     def selector(self, sel: Any, path: tuple) -> str:
@@ -368,10 +368,10 @@ class _Printer:
 
 def _layout(head: str, clauses: list[list[str]]) -> list[str]:
     """One line when it fits and no clause spans lines; else one clause per continuation line."""
-    if all(len(c) == 1 for c in clauses):
+    if all(len(c) == 1 for c in clauses[:-1]):
         line = " ".join([head] + [c[0] for c in clauses])
         if len(line) <= WIDTH:
-            return [line]
+            return [line] + (clauses[-1][1:] if clauses else [])
     out = [head]
     for clause in clauses:
         out += [INDENT * 2 + line for line in clause]
@@ -389,43 +389,47 @@ class _Comments:
 
     def __init__(self, comments: Sequence[Comment]):
         self.comments = sorted(comments, key=lambda c: (c.pos.line, c.pos.col))
-        self.anchors: set[int] = set()
-        self.leading: dict[int, list[str]] | None = None
-        self.trailer: dict[int, str] = {}
+        self.anchors: set[tuple[int, int]] = set()
+        self.leading: dict[tuple, list[str]] | None = None
+        self.trailer: dict[tuple, str] = {}
         self.rest_: list[str] = []
-        self.policy_end = 0
+        self.policy_end = (0, 0)
         self.ends: dict = {}
 
     def assign(self) -> None:
-        """End the dry run: attach every comment to an anchor line."""
+        """End the dry run: attach every comment to an anchor (line, column)."""
         anchors = sorted(self.anchors)
         self.leading = {}
         for c in self.comments:
-            line = c.pos.line
-            if line in self.anchors and line not in self.trailer:
-                self.trailer[line] = c.text
+            line, col = c.pos.line, c.pos.col
+            # trails the last statement that starts on its line before it
+            same = [a for a in anchors if a[0] == line and a[1] < col]
+            if same and same[-1] not in self.trailer:
+                self.trailer[same[-1]] = c.text
                 continue
-            nxt = next((a for a in anchors if a > line), None)
+            nxt = next((a for a in anchors if a[0] > line), None)
             if nxt is None:
                 self.rest_.append(c.text)
             else:
                 self.leading.setdefault(nxt, []).append(c.text)
 
-    def before(self, line: int, indent: str) -> list[str]:
+    def before(self, pos: tuple[int, int], indent: str) -> list[str]:
         if self.leading is None:
-            self.anchors.add(line)
+            self.anchors.add(pos)
             return []
-        return [indent + text for text in self.leading.pop(line, ())]
+        line = pos[0]
+        keys = sorted(k for k in self.leading if k[0] == line)
+        return [indent + text for k in keys for text in self.leading.pop(k)]
 
-    def trailing(self, text: str, line: int) -> str:
+    def trailing(self, text: str, pos: tuple[int, int]) -> str:
         if self.leading is None:
-            self.anchors.add(line)
+            self.anchors.add(pos)
             return text
-        note = self.trailer.pop(line, None)
+        note = self.trailer.pop(pos, None)
         return f"{text}  {note}" if note else text
 
-    def end_of(self, path: tuple) -> int:
-        return self.ends.get(path, 0)
+    def end_of(self, path: tuple) -> tuple[int, int]:
+        return self.ends.get(path, (0, 0))
 
     def rest(self) -> list[str]:
         out = [t for line in sorted(self.leading or {}) for t in self.leading[line]]
@@ -463,7 +467,7 @@ def _print_all(docs: Sequence[Document], state: _Comments, ends: dict) -> tuple[
     for index, doc in enumerate(docs):
         printer = _Printer(doc)
         state.ends = {p: line for (i, p), line in ends.items() if i == index}
-        state.policy_end = state.ends.get((), 0)
+        state.policy_end = state.ends.get((), (0, 0))
         lines = printer.policy(state)
         errors += printer.errors
         blocks.append("\n".join(lines))
@@ -478,8 +482,8 @@ def format_text(text: str, file: str = "<string>") -> str:
     docs = dsl.to_documents(ast, file, text.splitlines())
     ends: dict = {}
     for index, policy in enumerate(ast.policies):
-        ends[(index, ())] = policy.end.line
+        ends[(index, ())] = (policy.end.line, policy.end.col)
         blocks = [i for i in policy.items if isinstance(i, dsl.RuleBlock)]
         for j, block in enumerate(blocks):
-            ends[(index, ("specs", j))] = block.end.line
+            ends[(index, ("specs", j))] = (block.end.line, block.end.col)
     return format_documents(docs, ast.comments, ends)
