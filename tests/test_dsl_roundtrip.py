@@ -380,3 +380,14 @@ def test_convert_drops_metadata_noise_with_a_note(tmp_path):
     text = to_dsl([str(src)])
     assert "dropped (no effect on enforcement): metadata.labels, metadata.uid" in text
     assert "k8s policy p in x {" in text
+
+
+def test_every_example_in_the_language_reference_parses():
+    import re
+
+    with open(os.path.join(os.path.dirname(DATA), "..", "docs", "dsl.md")) as f:
+        blocks = re.findall(r"```\n(.*?)```", f.read(), re.S)
+    dsl_blocks = [b for b in blocks if re.match(r"\s*(#|k8s|cilium)", b)]
+    assert len(dsl_blocks) >= 8
+    for block in dsl_blocks:
+        dsl.to_documents(dsl.parse_text(block, "doc.pol"), "doc.pol", block.splitlines())
