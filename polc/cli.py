@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("flows", metavar="FLOWS", help="YAML list of flows (see README)")
     t.add_argument("--cluster", action="append", default=[], metavar="FILE", help="cluster inventory; repeatable")
     t.add_argument("--json", action="store_true", help="print a JSON array, one object per flow")
-    t.add_argument("--engine", choices=["kernel"], default="kernel",
-                   help="who judges: the kernel (BPF_PROG_TEST_RUN)")
+    t.add_argument("--engine", choices=["kernel", "reference"], default="kernel",
+                   help="who judges: the kernel (BPF_PROG_TEST_RUN), or the reference evaluator (no root needed)")
     t.set_defaults(func=cmd_test)
 
     i = sub.add_parser("inspect", help="show what a compiled object contains")

@@ -53,14 +53,70 @@ class KernelJudge:
         self.collection.close()
 
 
+class ReferenceJudge:
+    """Judges flows with the reference evaluator (``polc.compiler.reference``), not the kernel.
+
+    It needs no privilege.  The policies are the object's own sources (``.polc.meta``
+    ``sources`` with role ``policy``), read again from disk; a source that is missing or has
+    changed since the compile is an error, so the verdicts are always about the same policies
+    the object was compiled from.
+    """
+
+    engine = "reference"
+
+    def __init__(self, path: str, inventory: ir.Inventory):
+        from polc.compiler.lower import load_policies
+        from polc.compiler.reference import ReferenceEvaluator
+
+        self.evaluator = ReferenceEvaluator(load_policies(_meta_sources(path, "policy")), inventory)
+
+    def judge(self, flow: Flow) -> dict:
+        decision = self.evaluator.decide(flow.src, flow.dst, flow.proto, flow.port)
+        runs = [{"direction": r.direction, "program": "reference " + r.direction, "node": r.node,
+                 "verdict": r.verdict, "stage": r.stage, "rule": r.rule} for r in decision.runs]
+        return {"verdict": decision.verdict, "runs": runs}
+
+    def close(self) -> None:
+        pass
+
+
+def _meta_sources(path: str, role: str) -> list[str]:
+    """The files of ``role`` the object at ``path`` was compiled from, checked against their hashes."""
+    import hashlib
+
+    from polc.compiler.errors import CompileError, Location
+    from polc.runtime.elfobj import ObjectFile
+
+    obj = ObjectFile.from_path(path)
+    if obj.meta is None:
+        raise CompileError(f"not a polc object (no {abi.META_SECTION} section)", Location(path))
+    files = [s["file"] for s in obj.meta.get("sources") or () if s.get("role") == role]
+    if not files:
+        raise CompileError(f"the object records no {role} sources; recompile it with this polc", Location(path))
+    for src in obj.meta["sources"]:
+        if src.get("role") != role:
+            continue
+        try:
+            with open(src["file"], "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        except OSError as exc:
+            raise CompileError(f"cannot read {role} source {src['file']} recorded in the object: {exc.strerror} "
+                               "(run polc test from the directory you compiled in)", Location(path)) from None
+        if digest != src.get("sha256"):
+            raise CompileError(f"{role} source {src['file']} changed since {path} was compiled; recompile it",
+                               Location(path))
+    return files
+
+
 def _deciding(runs: list[dict]) -> dict:
     """The run that decided: the first that denied, else the last (the ingress side)."""
     return next((r for r in runs if r["verdict"] == "deny"), runs[-1])
 
 
-def _record(flow: Flow, judged: dict) -> dict:
+def _record(flow: Flow, judged: dict, engine: str = "kernel") -> dict:
     decide = _deciding(judged["runs"])
     rec = {
+        "engine": engine,
         "index": flow.index, "name": flow.name, "src": str(flow.src), "dst": str(flow.dst),
         "from": flow.src_pod.ref if flow.src_pod else str(flow.src),
         "to": flow.dst_pod.ref if flow.dst_pod else str(flow.dst),
@@ -81,27 +137,46 @@ def _rule_text(rule: dict | None) -> str:
     return f" {rule['file']}:{rule['line']}:{rule['col']} {rule['policy']}{where}"
 
 
+def _has_role(path: str, role: str) -> bool:
+    from polc.runtime.elfobj import ObjectFile
+
+    meta = ObjectFile.from_path(path).meta or {}
+    return any(s.get("role") == role for s in meta.get("sources") or ())
+
+
 def _line(rec: dict) -> str:
     status = "ok  " if rec["ok"] else "FAIL"
     port = f"{rec['proto']}/{rec['port']}" if "port" in rec else f"{rec['proto']} type {rec['icmp_type']}"
     expect = "" if rec["ok"] or rec["expect"] is None else f" (expected {rec['expect']})"
+    engine = " (reference)" if rec.get("engine") == "reference" else ""
     return (f"{status} {rec['verdict']:<5} {rec['from']} -> {rec['to']} {port}{expect}  "
-            f"[{rec['direction']} {rec['stage']}{_rule_text(rec['rule'])}]")
+            f"[{rec['direction']} {rec['stage']}{_rule_text(rec['rule'])}]{engine}")
+
+
+REFERENCE_NOTE = ("polc test: note: engine 'reference' evaluates the policy semantics in Python; these are "
+                  "not the kernel's verdicts (run as root with the default engine for those)")
 
 
 def run_test(args) -> int:
     """Entry point of ``polc test``; returns the exit code."""
-    if os.geteuid() != 0:
+    engine = getattr(args, "engine", "kernel")
+    if engine == "kernel" and os.geteuid() != 0:
         print("polc test: error: the kernel engine needs root (CAP_BPF and CAP_NET_ADMIN) to load the "
-              "program and run BPF_PROG_TEST_RUN; run it with sudo", file=sys.stderr)
+              "program and run BPF_PROG_TEST_RUN; run it with sudo (or use --engine reference for the "
+              "reference evaluator, which needs no privilege)", file=sys.stderr)
         return EXIT_ERROR
-    inventory = load_inventory(args.cluster) if args.cluster else ir.Inventory()
+    cluster = args.cluster
+    if engine == "reference" and not cluster:
+        cluster = _meta_sources(args.object, "cluster") if _has_role(args.object, "cluster") else []
+    inventory = load_inventory(cluster) if cluster else ir.Inventory()
     flows = load_flows(args.flows, inventory)
-    judge = KernelJudge(args.object)
+    judge = ReferenceJudge(args.object, inventory) if engine == "reference" else KernelJudge(args.object)
     try:
-        records = [_record(f, judge.judge(f)) for f in flows]
+        records = [_record(f, judge.judge(f), engine) for f in flows]
     finally:
         judge.close()
+    if engine == "reference":
+        print(REFERENCE_NOTE, file=sys.stderr)
     if args.json:
         print(json.dumps(records, indent=2))
     else:
@@ -109,5 +184,6 @@ def run_test(args) -> int:
             print(_line(rec))
         failed = sum(not r["ok"] for r in records)
         checked = sum(r["expect"] is not None for r in records)
-        print(f"{len(records)} flows, {checked - failed} as expected, {failed} not (engine: kernel)")
+        label = "kernel" if engine == "kernel" else "reference, not the kernel's verdict"
+        print(f"{len(records)} flows, {checked - failed} as expected, {failed} not (engine: {label})")
     return EXIT_MISMATCH if any(not r["ok"] for r in records) else EXIT_OK

@@ -24,3 +24,20 @@ def needs_kernel():
     reason = kernel_skip_reason()
     if reason:
         pytest.skip(reason)
+
+
+# --- Hypothesis profiles (property tests: tests/test_property_*.py) -----------------------
+# "ci" (the default) checks a few hundred kernel-compiled cases in a few minutes, with a fixed
+# seed so that CI is reproducible; "thorough" runs many more random cases for long runs:
+#   POLC_HYPOTHESIS_PROFILE=thorough tests/run -k property
+try:
+    from hypothesis import HealthCheck, settings as _hsettings
+
+    _slow_ok = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    _hsettings.register_profile("ci", deadline=None, suppress_health_check=_slow_ok, derandomize=True,
+                                print_blob=True)
+    _hsettings.register_profile("thorough", deadline=None, suppress_health_check=_slow_ok,
+                                print_blob=True)
+    _hsettings.load_profile(os.environ.get("POLC_HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test extra; the property tests import it themselves
+    pass
