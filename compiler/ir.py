@@ -55,7 +55,10 @@ IP_PROTO_NUMBER = {Proto.TCP: 6, Proto.UDP: 17, Proto.SCTP: 132, Proto.ICMP: 1, 
 
 
 class Op(enum.Enum):
-    """Label selector operators (Kubernetes ``matchExpressions``)."""
+    """Label selector operators (Kubernetes ``matchExpressions``); ordered by name for sorting."""
+
+    def __lt__(self, other: "Op") -> bool:
+        return self.value < other.value
 
     IN = "In"
     NOT_IN = "NotIn"
