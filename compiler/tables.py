@@ -51,11 +51,15 @@ class Tables:
     pairs: dict[tuple[int, int, int], int]  # (dir, subject class, peer class) -> profile
     port_classes: dict[tuple[int, int], array.array]  # (dir, proto) -> class per port
     port_class_count: dict[tuple[int, int], int]
-    verdicts: dict[tuple[int, int, int], tuple[int, int]]  # (profile, class, proto) -> (rule, action)
+    verdicts: dict[tuple[int, int, int], tuple[int, int, int]]  # (profile, class, proto) -> (rule, action, l7)
     rules: list[dict]  # id-ordered descriptions of rules, isolations and implicit rules
     subject_classes: list[int] = field(default_factory=list)  # count per direction
     peer_class_count: int = 0
     profile_count: int = 0
+    # polc_l7 rows (kind, start state, rule, pad, classes) and polc_dfa rows (next x 64, accept);
+    # index 0 of polc_l7 is unused (0 means "no L7" in verdicts and connection tracking).
+    l7_profiles: list[tuple] = field(default_factory=list)
+    dfa_states: list[tuple] = field(default_factory=list)
 
 
 def _entity_matches(entity: str, entry: Entry) -> bool:
@@ -290,7 +294,7 @@ def _port_tables(profiles: dict):
                         best[(c, int(proto))] = (rank, rid)
         for (c, proto), (rank, rid) in best.items():
             action = ir.Action.DENY if rank == 0 else ir.Action.ALLOW
-            verdicts[(profile, c, proto)] = (rid, int(action))
+            verdicts[(profile, c, proto)] = (rid, int(action), 0)
     class_count = {k: len(v) for k, v in starts.items()}
     return port_classes, class_count, verdicts
 
