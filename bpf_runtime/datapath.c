@@ -374,7 +374,7 @@ static __always_inline int judge(struct __sk_buff *skb, __u32 dir)
 	if (!subject || !subject->subject_class[dir])
 		return finish(skb, POLC_STAGE_NOT_POLICED, 0, TC_ACT_OK);
 
-	__u32 l7, rule;
+	__u32 l7, rule, stage;
 	struct polc_ct_key k;
 	ct_key(&k, f, dir, 0);
 	struct polc_ct_entry *ct = bpf_map_lookup_elem(&polc_ct, &k);
@@ -383,6 +383,7 @@ static __always_inline int judge(struct __sk_buff *skb, __u32 dir)
 			return finish(skb, POLC_STAGE_CT_ESTABLISHED, ct->rule, TC_ACT_OK);
 		l7 = ct->l7;
 		rule = ct->rule;
+		stage = POLC_STAGE_CT_ESTABLISHED;
 		goto judge_l7;
 	}
 	ct_key(&k, f, !dir, 1);
@@ -400,6 +401,7 @@ static __always_inline int judge(struct __sk_buff *skb, __u32 dir)
 	if (v && v->action == POLC_ACTION_L7) { /* L7 rules judge even where L3/L4 would allow */
 		l7 = v->l7;
 		rule = v->rule;
+		stage = POLC_STAGE_ALLOW_RULE;
 		track(f, dir, rule, l7);
 		goto judge_l7; /* the first packet may carry a request already (DNS over UDP) */
 	}
@@ -414,7 +416,7 @@ static __always_inline int judge(struct __sk_buff *skb, __u32 dir)
 	return finish(skb, POLC_STAGE_DEFAULT_DENY, subject->isolated_by[dir], TC_ACT_SHOT);
 
 judge_l7: /* one place, so that the verifier walks the L7 loops once */
-	return l7_judge(skb, f, dir, l7, rule, sc);
+	return l7_judge(skb, f, dir, l7, rule, sc, stage);
 }
 
 /* Packets leaving an endpoint (its egress policy): attach where the pod's packets arrive,

@@ -290,10 +290,10 @@ static __always_inline int l7_deny(struct __sk_buff *skb, const struct flow *f, 
 
 /* Judge one packet of a connection governed by L7 profile `l7`. */
 static __always_inline int l7_judge(struct __sk_buff *skb, const struct flow *f, __u32 dir, __u32 l7,
-				    __u32 rule, struct polc_scratch *sc)
+				    __u32 rule, struct polc_scratch *sc, __u32 empty_stage)
 {
 	if (f->payload_off >= f->ip_end) /* handshake, pure ACKs, FIN: nothing to judge */
-		return finish(skb, POLC_STAGE_CT_ESTABLISHED, rule, TC_ACT_OK);
+		return finish(skb, empty_stage, rule, TC_ACT_OK);
 	struct polc_l7_profile *prof = bpf_map_lookup_elem(&polc_l7, &l7);
 	if (!prof)
 		return finish(skb, POLC_STAGE_FAIL_CLOSED, rule, TC_ACT_SHOT);
