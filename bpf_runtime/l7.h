@@ -298,10 +298,17 @@ static __always_inline int l7_judge(struct __sk_buff *skb, const struct flow *f,
 	if (!prof)
 		return finish(skb, POLC_STAGE_FAIL_CLOSED, rule, TC_ACT_SHOT);
 	__u32 skip = (prof->kind == POLC_L7_DNS && f->pidx == POLC_PROTO_TCP) ? 2 : 0; /* length prefix */
-	__u32 len = f->ip_end - f->payload_off;
-	if (len <= skip || len - skip > POLC_L7_MAX_BYTES)
+	__u32 total = f->ip_end - f->payload_off;
+	if (total <= skip || total - skip > POLC_L7_MAX_BYTES)
 		return l7_deny(skb, f, dir, prof->rule, sc, 0);
-	len -= skip;
+	/* The mask restates the bound in a form the verifier tracks: read back through a
+	 * volatile load, the length is a value clang knows nothing about, so it keeps the mask
+	 * (and cannot pass an unmasked copy instead).  The scratch value is larger than
+	 * WALK_MASK, so any masked length is in bounds. */
+	sc->walk_len = total - skip;
+	__u32 len = READ_ONCE_U32(sc->walk_len) & WALK_MASK;
+	if (len == 0)
+		return l7_deny(skb, f, dir, prof->rule, sc, 0);
 	if (bpf_skb_load_bytes(skb, f->payload_off + skip, sc->data, len) < 0)
 		return l7_deny(skb, f, dir, prof->rule, sc, 0);
 	/* One DFA walk for both kinds: the request head, or the query name without its dot. */

@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
-from .. import ir
+from .. import ir, regex
 from .common import (
     IntOrStr, LabelSelector, Model, ObjectMeta, Str, check_except, check_port_name, fail,
     parse_cidr, unsupported,
@@ -130,11 +130,24 @@ class PortRuleHTTP(Model):
     def _checks(self):
         if self.header_matches:
             raise unsupported("headerMatches", "HTTP headerMatches (secrets, mismatch actions)")
+        for field in ("method", "path", "host"):
+            _check_regex(getattr(self, field), field)
         for i, header in enumerate(self.headers or ()):
             name = header.split(":", 1)[0].strip()
             if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
                 raise fail(f"header {header!r}: {name!r} is not an HTTP header name", "headers", i)
         return self
+
+
+def _check_regex(pattern: str | None, field: str) -> None:
+    """Reject a regex the DFA builder cannot compile, naming the construct and its place."""
+    if pattern is None:
+        return
+    try:
+        regex.parse(pattern)
+    except (regex.RegexSyntaxError, regex.RegexUnsupportedError) as err:
+        raise fail(f"{field}: {err.message}", field,
+                   unsupported=isinstance(err, regex.RegexUnsupportedError)) from None
 
 
 class PortRuleDNS(Model):
