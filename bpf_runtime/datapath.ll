@@ -4429,7 +4429,7 @@ define dso_local i32 @polc_from_ep(ptr noundef %0) #0 section "tc" !dbg !468 {
   br i1 %2577, label %2608, label %2580, !dbg !2744
 
 2580:                                             ; preds = %2576
-  %2581 = getelementptr inbounds i8, ptr %2578, i64 256, !dbg !2746
+  %2581 = getelementptr inbounds i8, ptr %2578, i64 512, !dbg !2746
   %2582 = load i32, ptr %2581, align 4, !dbg !2746, !tbaa !2747
   %2583 = icmp eq i32 %2582, 2, !dbg !2749
   br i1 %2583, label %2608, label %2584, !dbg !2750
@@ -4444,9 +4444,9 @@ define dso_local i32 @polc_from_ep(ptr noundef %0) #0 section "tc" !dbg !468 {
   %2591 = getelementptr inbounds [256 x i8], ptr %2575, i64 0, i64 %2590, !dbg !2754
   %2592 = load i8, ptr %2591, align 1, !dbg !2754, !tbaa !703
     #dbg_value(i8 %2592, !2729, !DIExpression(), !2755)
-  %2593 = and i8 %2592, 63, !dbg !2756
+  %2593 = and i8 %2592, 127, !dbg !2756
   %2594 = zext nneg i8 %2593 to i64, !dbg !2757
-  %2595 = getelementptr inbounds [64 x i32], ptr %2578, i64 0, i64 %2594, !dbg !2757
+  %2595 = getelementptr inbounds [128 x i32], ptr %2578, i64 0, i64 %2594, !dbg !2757
   %2596 = load i32, ptr %2595, align 4, !dbg !2757, !tbaa !623
   store i32 %2596, ptr %8, align 4, !dbg !2758, !tbaa !623, !DIAssignID !2759
     #dbg_assign(i32 %2596, !2714, !DIExpression(), !2759, ptr %8, !DIExpression(), !2732)
@@ -4474,7 +4474,7 @@ define dso_local i32 @polc_from_ep(ptr noundef %0) #0 section "tc" !dbg !468 {
   br label %2617, !dbg !2766
 
 2611:                                             ; preds = %2605
-  %2612 = getelementptr inbounds i8, ptr %2606, i64 256, !dbg !2767
+  %2612 = getelementptr inbounds i8, ptr %2606, i64 512, !dbg !2767
   %2613 = load i32, ptr %2612, align 4, !dbg !2767, !tbaa !2747
   %2614 = icmp eq i32 %2613, 1, !dbg !2768
   call void @llvm.lifetime.end.p0(i64 4, ptr nonnull %8) #6, !dbg !2765
@@ -10068,7 +10068,7 @@ define dso_local i32 @polc_to_ep(ptr noundef %0) #0 section "tc" !dbg !3251 {
   br i1 %2576, label %2607, label %2579, !dbg !5115
 
 2579:                                             ; preds = %2575
-  %2580 = getelementptr inbounds i8, ptr %2577, i64 256, !dbg !5116
+  %2580 = getelementptr inbounds i8, ptr %2577, i64 512, !dbg !5116
   %2581 = load i32, ptr %2580, align 4, !dbg !5116, !tbaa !2747
   %2582 = icmp eq i32 %2581, 2, !dbg !5117
   br i1 %2582, label %2607, label %2583, !dbg !5118
@@ -10083,9 +10083,9 @@ define dso_local i32 @polc_to_ep(ptr noundef %0) #0 section "tc" !dbg !3251 {
   %2590 = getelementptr inbounds [256 x i8], ptr %2574, i64 0, i64 %2589, !dbg !5122
   %2591 = load i8, ptr %2590, align 1, !dbg !5122, !tbaa !703
     #dbg_value(i8 %2591, !2729, !DIExpression(), !5123)
-  %2592 = and i8 %2591, 63, !dbg !5124
+  %2592 = and i8 %2591, 127, !dbg !5124
   %2593 = zext nneg i8 %2592 to i64, !dbg !5125
-  %2594 = getelementptr inbounds [64 x i32], ptr %2577, i64 0, i64 %2593, !dbg !5125
+  %2594 = getelementptr inbounds [128 x i32], ptr %2577, i64 0, i64 %2593, !dbg !5125
   %2595 = load i32, ptr %2594, align 4, !dbg !5125, !tbaa !623
   store i32 %2595, ptr %8, align 4, !dbg !5126, !tbaa !623, !DIAssignID !5127
     #dbg_assign(i32 %2595, !2714, !DIExpression(), !5127, ptr %8, !DIExpression(), !5105)
@@ -10113,7 +10113,7 @@ define dso_local i32 @polc_to_ep(ptr noundef %0) #0 section "tc" !dbg !3251 {
   br label %2616, !dbg !5134
 
 2610:                                             ; preds = %2604
-  %2611 = getelementptr inbounds i8, ptr %2605, i64 256, !dbg !5135
+  %2611 = getelementptr inbounds i8, ptr %2605, i64 512, !dbg !5135
   %2612 = load i32, ptr %2611, align 4, !dbg !5135, !tbaa !2747
   %2613 = icmp eq i32 %2612, 1, !dbg !5136
   call void @llvm.lifetime.end.p0(i64 4, ptr nonnull %8) #6, !dbg !5133
@@ -11441,7 +11441,7 @@ attributes #6 = { nounwind }
 !94 = !DIDerivedType(tag: DW_TAG_member, name: "key", scope: !77, file: !3, line: 48, baseType: !95, size: 64, offset: 192)
 !95 = !DIDerivedType(tag: DW_TAG_pointer_type, baseType: !96, size: 64)
 !96 = distinct !DICompositeType(tag: DW_TAG_structure_type, name: "polc_lpm_key", file: !97, line: 46, size: 160, elements: !98)
-!97 = !DIFile(filename: "./polc_abi.h", directory: ".", checksumkind: CSK_MD5, checksum: "7e14b9be19250ef91b0a8081b69560a8")
+!97 = !DIFile(filename: "./polc_abi.h", directory: ".", checksumkind: CSK_MD5, checksum: "bca4d85e02fb98ac2752ab3aeadcaf56")
 !98 = !{!99, !100}
 !99 = !DIDerivedType(tag: DW_TAG_member, name: "prefixlen", scope: !96, file: !97, line: 47, baseType: !61, size: 32)
 !100 = !DIDerivedType(tag: DW_TAG_member, name: "addr", scope: !96, file: !97, line: 48, baseType: !101, size: 128, offset: 32)
@@ -11559,13 +11559,13 @@ attributes #6 = { nounwind }
 !212 = !DIDerivedType(tag: DW_TAG_member, name: "key", scope: !204, file: !3, line: 83, baseType: !60, size: 64, offset: 128)
 !213 = !DIDerivedType(tag: DW_TAG_member, name: "value", scope: !204, file: !3, line: 84, baseType: !214, size: 64, offset: 192)
 !214 = !DIDerivedType(tag: DW_TAG_pointer_type, baseType: !215, size: 64)
-!215 = distinct !DICompositeType(tag: DW_TAG_structure_type, name: "polc_dfa_state", file: !97, line: 90, size: 2080, elements: !216)
+!215 = distinct !DICompositeType(tag: DW_TAG_structure_type, name: "polc_dfa_state", file: !97, line: 90, size: 4128, elements: !216)
 !216 = !{!217, !221}
-!217 = !DIDerivedType(tag: DW_TAG_member, name: "next", scope: !215, file: !97, line: 91, baseType: !218, size: 2048)
-!218 = !DICompositeType(tag: DW_TAG_array_type, baseType: !61, size: 2048, elements: !219)
+!217 = !DIDerivedType(tag: DW_TAG_member, name: "next", scope: !215, file: !97, line: 91, baseType: !218, size: 4096)
+!218 = !DICompositeType(tag: DW_TAG_array_type, baseType: !61, size: 4096, elements: !219)
 !219 = !{!220}
-!220 = !DISubrange(count: 64)
-!221 = !DIDerivedType(tag: DW_TAG_member, name: "accept", scope: !215, file: !97, line: 92, baseType: !61, size: 32, offset: 2048)
+!220 = !DISubrange(count: 128)
+!221 = !DIDerivedType(tag: DW_TAG_member, name: "accept", scope: !215, file: !97, line: 92, baseType: !61, size: 32, offset: 4096)
 !222 = !DIGlobalVariableExpression(var: !223, expr: !DIExpression())
 !223 = distinct !DIGlobalVariable(name: "polc_ctrl", scope: !2, file: !3, line: 92, type: !224, isLocal: false, isDefinition: true)
 !224 = distinct !DICompositeType(tag: DW_TAG_structure_type, file: !3, line: 87, size: 256, elements: !225)
@@ -14091,8 +14091,8 @@ attributes #6 = { nounwind }
 !2744 = !DILocation(line: 70, column: 11, scope: !2745, inlinedAt: !2733)
 !2745 = distinct !DILexicalBlock(scope: !2730, file: !266, line: 70, column: 7)
 !2746 = !DILocation(line: 70, column: 18, scope: !2745, inlinedAt: !2733)
-!2747 = !{!2748, !624, i64 256}
-!2748 = !{!"polc_dfa_state", !625, i64 0, !624, i64 256}
+!2747 = !{!2748, !624, i64 512}
+!2748 = !{!"polc_dfa_state", !625, i64 0, !624, i64 512}
 !2749 = !DILocation(line: 70, column: 25, scope: !2745, inlinedAt: !2733)
 !2750 = !DILocation(line: 70, column: 7, scope: !2730, inlinedAt: !2733)
 !2751 = !DILocation(line: 72, column: 38, scope: !2730, inlinedAt: !2733)

@@ -22,7 +22,7 @@
 #define POLC_L7_HTTP 1
 #define POLC_L7_DNS 2
 #define POLC_L7_MAX_BYTES 1024  /* longest HTTP request head / DNS message judged */
-#define POLC_DFA_CLASSES 64      /* byte classes per DFA */
+#define POLC_DFA_CLASSES 128     /* byte classes per DFA */
 #define POLC_DFA_REJECT 0
 #define POLC_DFA_ACCEPT 1
 #define POLC_DFA_DEAD 2          /* rejecting and absorbing: the walk can stop */

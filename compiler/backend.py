@@ -18,6 +18,7 @@ from importlib import resources
 from polc import abi
 
 from .errors import CompileError
+from .l7 import MAX_DFA_STATES
 from .tables import Tables
 
 # Placeholders in datapath.c / datapath.ll and the table whose size replaces each.
@@ -115,6 +116,11 @@ def _meta(t: Tables, sources: list[dict], images: dict[str, bytes], version: str
             "profiles": t.profile_count,
             "ports": {f"{'ingress' if d == 0 else 'egress'}/{p}": n
                       for (d, p), n in sorted(t.port_class_count.items())},
+        },
+        "l7": {
+            "limits": {"request_head_bytes": abi.L7_MAX_BYTES, "dns_name_bytes": 255,
+                       "dfa_classes": abi.DFA_CLASSES, "dfa_states_total": MAX_DFA_STATES},
+            "profiles": t.l7_info,
         },
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode())
