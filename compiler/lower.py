@@ -214,7 +214,10 @@ class _K8sLowerer(_Lowerer):
             reqs.append(_ns_in(self.ns))
         else:
             ns_reqs = _selector_reqs(peer.namespace_selector, self._ns_label_key)
-            reqs += ns_reqs or [_req("k8s", NS_KEY, ir.Op.EXISTS)]
+            # Namespace selectors select pods only (never world or nodes): a positive
+            # requirement implies that; without one (empty, or only NotIn/DoesNotExist) say so.
+            positive = any(r.op in (ir.Op.IN, ir.Op.EXISTS) for r in ns_reqs)
+            reqs += ns_reqs if positive else ns_reqs + [_req("k8s", NS_KEY, ir.Op.EXISTS)]
         return ir.PeerSelector(_selector(reqs))
 
     @staticmethod

@@ -162,7 +162,10 @@ def _yaml_error(file: str, lines: Sequence[str], exc: yaml.YAMLError) -> Compile
 def load_text(text: str, file: str = "<string>") -> list[Document]:
     """Parse ``text`` (YAML, possibly multi-document, or JSON) into documents."""
     lines = text.splitlines()
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # the reader rejects non-printable characters already here
+    except yaml.YAMLError as exc:
+        raise _yaml_error(file, lines, exc) from None
     docs: list[Document] = []
     errors: list[PolcError] = []
     try:

@@ -22,7 +22,7 @@ import strategies as S
 from conftest import kernel_skip_reason
 
 CASES = {"ci": 320, "thorough": 5000}.get(S.PROFILE, 320)
-FLOWS_PER_CASE = {"ci": 150, "thorough": 400}.get(S.PROFILE, 150)
+FLOWS_PER_CASE = {"ci": 250, "thorough": 600}.get(S.PROFILE, 250)
 
 pytestmark = pytest.mark.skipif(kernel_skip_reason() is not None, reason=str(kernel_skip_reason()))
 
@@ -49,6 +49,8 @@ def check_case(case: S.Case, directory: str) -> None:
         bad = kc.mismatches(case.flows)
         STATS["cases"] += 1
         STATS["flows"] += len(case.flows)
+        if bad and "first_bad" not in STATS:
+            STATS["first_bad"] = STATS["cases"]  # how many cases it took to find a disagreement
         assert not bad, kc.report(bad, len(case.flows))
     finally:
         kc.close()
