@@ -17,6 +17,7 @@ import pytest
 
 from netns import bad_objects
 from polc import abi
+from polc.runtime.elfobj import ObjectFile
 from polc.runtime import bpf, node
 from polc.runtime.errors import ObjectError, VerifierError
 
