@@ -33,6 +33,8 @@
 #define POLC_CAP_IPCACHE 8323073
 #define POLC_CAP_PAIRS 8323079
 #define POLC_CAP_VERDICTS 8323081
+#define POLC_CAP_L7 8323087
+#define POLC_CAP_DFA 8323093
 #endif
 #ifndef POLC_GENERATION
 #define POLC_GENERATION 0
@@ -70,6 +72,20 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, POLC_CAP_L7);
+	__type(key, __u32);
+	__type(value, struct polc_l7_profile);
+} polc_l7 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, POLC_CAP_DFA);
+	__type(key, __u32);
+	__type(value, struct polc_dfa_state);
+} polc_dfa SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -100,6 +116,12 @@ struct flow {
 	__u16 pport; /* the port the policy sees: destination port or ICMP type */
 	__u8 l4proto; /* IP protocol number */
 	__u8 pidx;    /* POLC_PROTO_* */
+	__u8 version; /* 4 or 6 */
+	__u8 tcp_flags;
+	__u32 ip_end;      /* offset just past the IP packet (frames may be padded) */
+	__u32 payload_off; /* TCP/UDP payload; == ip_end when there is none */
+	__u32 tcp_seq;
+	__u32 tcp_ack;
 };
 
 static __always_inline void map_v4(__u8 *dst, __u32 addr_be)
@@ -119,6 +141,25 @@ static __always_inline int parse_ports(struct __sk_buff *skb, __u32 off, struct 
 	f->sport = bpf_ntohs(ports[0]);
 	f->dport = bpf_ntohs(ports[1]);
 	f->pport = f->dport;
+	return PARSE_OK;
+}
+
+static __always_inline int parse_tcp(struct __sk_buff *skb, __u32 off, struct flow *f)
+{
+	__u8 hdr[14];
+
+	if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0)
+		return PARSE_BAD;
+	f->sport = ((__u16)hdr[0] << 8) | hdr[1];
+	f->dport = ((__u16)hdr[2] << 8) | hdr[3];
+	f->pport = f->dport;
+	f->tcp_seq = bpf_ntohl(*(__u32 *)&hdr[4]);
+	f->tcp_ack = bpf_ntohl(*(__u32 *)&hdr[8]);
+	f->tcp_flags = hdr[13];
+	__u32 doff = (hdr[12] >> 4) * 4;
+	if (doff < 20 || off + doff > f->ip_end)
+		return PARSE_BAD;
+	f->payload_off = off + doff;
 	return PARSE_OK;
 }
 
@@ -152,9 +193,12 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, __u8 proto
 	switch (proto) {
 	case IPPROTO_TCP:
 		f->pidx = POLC_PROTO_TCP;
-		return parse_ports(skb, off, f);
+		return parse_tcp(skb, off, f);
 	case IPPROTO_UDP:
 		f->pidx = POLC_PROTO_UDP;
+		if (off + 8 > f->ip_end)
+			return PARSE_BAD;
+		f->payload_off = off + 8;
 		return parse_ports(skb, off, f);
 	case IPPROTO_SCTP:
 		f->pidx = POLC_PROTO_SCTP;
@@ -181,6 +225,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct flow *f)
 	if ((hdr[0] >> 4) != 4 || ihl < 5)
 		return PARSE_BAD;
 	__u16 frag = ((__u16)hdr[6] << 8) | hdr[7];
+	__u16 tot_len = ((__u16)hdr[2] << 8) | hdr[3];
+	if (tot_len < ihl * 4 || ETH_HLEN + tot_len > skb->len)
+		return PARSE_BAD;
+	f->version = 4;
+	f->ip_end = ETH_HLEN + tot_len;
+	f->payload_off = f->ip_end;
 	map_v4(f->saddr, *(__u32 *)&hdr[12]);
 	map_v4(f->daddr, *(__u32 *)&hdr[16]);
 	return parse_l4(skb, ETH_HLEN + ihl * 4, hdr[9], (frag & 0x1fff) == 0, f);
@@ -195,6 +245,12 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct flow *f)
 		return PARSE_BAD;
 	if ((hdr[0] >> 4) != 6)
 		return PARSE_BAD;
+	__u16 plen = ((__u16)hdr[4] << 8) | hdr[5];
+	if (ETH_HLEN + 40 + plen > skb->len)
+		return PARSE_BAD;
+	f->version = 6;
+	f->ip_end = ETH_HLEN + 40 + plen;
+	f->payload_off = f->ip_end;
 	__builtin_memcpy(f->saddr, &hdr[8], 16);
 	__builtin_memcpy(f->daddr, &hdr[24], 16);
 	__u8 next = hdr[6];
@@ -252,15 +308,15 @@ static __always_inline void ct_key(struct polc_ct_key *k, const struct flow *f, 
 	k->dir = dir;
 }
 
-static __always_inline int allow(struct __sk_buff *skb, const struct flow *f, __u32 dir, __u32 stage,
-				 __u32 rule)
+#include "l7.h"
+
+static __always_inline void track(const struct flow *f, __u32 dir, __u32 rule, __u32 l7)
 {
 	struct polc_ct_key k;
-	struct polc_ct_entry e = { .created_ns = bpf_ktime_get_ns(), .rule = rule };
+	struct polc_ct_entry e = { .created_ns = bpf_ktime_get_ns(), .rule = rule, .l7 = l7 };
 
 	ct_key(&k, f, dir, 0);
 	bpf_map_update_elem(&polc_ct, &k, &e, BPF_ANY);
-	return finish(skb, stage, rule, TC_ACT_OK);
 }
 
 static __always_inline struct polc_ep_info *endpoint(const __u8 *addr)
@@ -298,40 +354,69 @@ static __always_inline int judge(struct __sk_buff *skb, __u32 dir)
 	if (!generation || *generation != polc_generation)
 		return finish(skb, POLC_STAGE_FAIL_CLOSED, 0, TC_ACT_SHOT);
 
-	struct flow f = {};
-	int parsed = parse(skb, &f);
+	struct polc_scratch *sc = bpf_map_lookup_elem(&polc_scratch, &zero);
+	if (!sc)
+		return finish(skb, POLC_STAGE_FAIL_CLOSED, 0, TC_ACT_SHOT);
+	struct flow *f = &sc->flow; /* per-CPU: the BPF stack is too small for everything */
+	__builtin_memset(f, 0, sizeof(*f));
+	int parsed = parse(skb, f);
 	if (parsed == PARSE_NOT_IP)
 		return finish(skb, POLC_STAGE_NOT_IP, 0, TC_ACT_OK);
 	if (parsed != PARSE_OK)
 		return finish(skb, POLC_STAGE_MALFORMED, 0, TC_ACT_SHOT);
+	/* Neighbor discovery (router/neighbor solicitation and advertisement, redirect) keeps
+	 * IPv6 working at all; like Cilium, it is not subject to policy. */
+	if (f->pidx == POLC_PROTO_ICMPV6 && f->pport >= 133 && f->pport <= 137)
+		return finish(skb, POLC_STAGE_NEIGHBOR, 0, TC_ACT_OK);
 
 	int ingress = dir == POLC_DIR_INGRESS;
-	struct polc_ep_info *subject = endpoint(ingress ? f.daddr : f.saddr);
+	struct polc_ep_info *subject = endpoint(ingress ? f->daddr : f->saddr);
 	if (!subject || !subject->subject_class[dir])
 		return finish(skb, POLC_STAGE_NOT_POLICED, 0, TC_ACT_OK);
 
+	__u32 l7, rule, stage;
 	struct polc_ct_key k;
-	ct_key(&k, &f, dir, 0);
+	ct_key(&k, f, dir, 0);
 	struct polc_ct_entry *ct = bpf_map_lookup_elem(&polc_ct, &k);
-	if (ct)
-		return finish(skb, POLC_STAGE_CT_ESTABLISHED, ct->rule, TC_ACT_OK);
-	ct_key(&k, &f, !dir, 1);
+	if (ct) {
+		if (!ct->l7)
+			return finish(skb, POLC_STAGE_CT_ESTABLISHED, ct->rule, TC_ACT_OK);
+		l7 = ct->l7;
+		rule = ct->rule;
+		stage = POLC_STAGE_CT_ESTABLISHED;
+		goto judge_l7;
+	}
+	ct_key(&k, f, !dir, 1);
 	ct = bpf_map_lookup_elem(&polc_ct, &k);
 	if (ct)
 		return finish(skb, POLC_STAGE_CT_REPLY, ct->rule, TC_ACT_OK);
 
-	struct polc_ep_info *peer = endpoint(ingress ? f.saddr : f.daddr);
+	struct polc_ep_info *peer = endpoint(ingress ? f->saddr : f->daddr);
 	if (!peer) /* the tables always cover ::/0; a miss means they are damaged */
 		return finish(skb, POLC_STAGE_FAIL_CLOSED, 0, TC_ACT_SHOT);
 
-	struct polc_verdict *v = rule_verdict(subject, peer, &f, dir);
+	struct polc_verdict *v = rule_verdict(subject, peer, f, dir);
 	if (v && v->action == POLC_ACTION_DENY)
 		return finish(skb, POLC_STAGE_DENY_RULE, v->rule, TC_ACT_SHOT);
-	if (!subject->isolated_by[dir])
-		return allow(skb, &f, dir, POLC_STAGE_NOT_ISOLATED, 0);
-	if (v && v->action == POLC_ACTION_ALLOW)
-		return allow(skb, &f, dir, POLC_STAGE_ALLOW_RULE, v->rule);
+	if (v && v->action == POLC_ACTION_L7) { /* L7 rules judge even where L3/L4 would allow */
+		l7 = v->l7;
+		rule = v->rule;
+		stage = POLC_STAGE_ALLOW_RULE;
+		track(f, dir, rule, l7);
+		goto judge_l7; /* the first packet may carry a request already (DNS over UDP) */
+	}
+	if (!subject->isolated_by[dir]) {
+		track(f, dir, 0, 0);
+		return finish(skb, POLC_STAGE_NOT_ISOLATED, 0, TC_ACT_OK);
+	}
+	if (v && v->action == POLC_ACTION_ALLOW) {
+		track(f, dir, v->rule, 0);
+		return finish(skb, POLC_STAGE_ALLOW_RULE, v->rule, TC_ACT_OK);
+	}
 	return finish(skb, POLC_STAGE_DEFAULT_DENY, subject->isolated_by[dir], TC_ACT_SHOT);
+
+judge_l7: /* one place, so that the verifier walks the L7 loops once */
+	return l7_judge(skb, f, dir, l7, rule, sc, stage);
 }
 
 /* Packets leaving an endpoint (its egress policy): attach where the pod's packets arrive,

@@ -17,6 +17,15 @@
 
 #define POLC_ACTION_ALLOW 1
 #define POLC_ACTION_DENY 2
+#define POLC_ACTION_L7 3 /* allow the connection, judge each request with polc_l7[l7] */
+
+#define POLC_L7_HTTP 1
+#define POLC_L7_DNS 2
+#define POLC_L7_MAX_BYTES 1024  /* longest HTTP request head / DNS message judged */
+#define POLC_DFA_CLASSES 128     /* byte classes per DFA */
+#define POLC_DFA_REJECT 0
+#define POLC_DFA_ACCEPT 1
+#define POLC_DFA_DEAD 2          /* rejecting and absorbing: the walk can stop */
 
 /* Why a packet got its verdict; written to skb->cb[0] (rule id to cb[1]). */
 #define POLC_STAGE_FAIL_CLOSED 1  /* tables not filled / generation mismatch: drop */
@@ -29,6 +38,9 @@
 #define POLC_STAGE_DEFAULT_DENY 8
 #define POLC_STAGE_MALFORMED 9    /* an IP packet the parser cannot judge: drop */
 #define POLC_STAGE_NOT_IP 10      /* ARP and other non-IP traffic: pass */
+#define POLC_STAGE_NEIGHBOR 11    /* IPv6 neighbor discovery: pass, as the network needs it */
+#define POLC_STAGE_L7_ALLOW 12    /* a request an L7 rule allows */
+#define POLC_STAGE_L7_DENY 13     /* a request no L7 rule allows: answered (reset, REFUSED) or dropped */
 
 /* Address to endpoint.  IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d). */
 struct polc_lpm_key {
@@ -64,6 +76,20 @@ struct polc_verdict_key {
 struct polc_verdict {
 	__u32 rule;
 	__u32 action;
+	__u32 l7; /* with POLC_ACTION_L7: index into polc_l7 */
+};
+
+struct polc_l7_profile {
+	__u32 kind;  /* POLC_L7_HTTP or POLC_L7_DNS */
+	__u32 start; /* index of the DFA's start state in polc_dfa */
+	__u32 rule;  /* a rule the profile comes from, for reports */
+	__u32 pad;
+	__u8 classes[256]; /* byte -> class */
+};
+
+struct polc_dfa_state {
+	__u32 next[POLC_DFA_CLASSES]; /* class -> index of the next state in polc_dfa */
+	__u32 accept;                 /* POLC_DFA_REJECT, _ACCEPT or _DEAD */
 };
 
 struct polc_ct_key {
@@ -79,7 +105,7 @@ struct polc_ct_key {
 struct polc_ct_entry {
 	__u64 created_ns;
 	__u32 rule;
-	__u32 flags;
+	__u32 l7; /* 0, or the polc_l7 profile that judges each request of the connection */
 };
 
 #endif

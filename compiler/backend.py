@@ -18,6 +18,7 @@ from importlib import resources
 from polc import abi
 
 from .errors import CompileError
+from .l7 import MAX_DFA_STATES
 from .tables import Tables
 
 # Placeholders in datapath.c / datapath.ll and the table whose size replaces each.
@@ -25,6 +26,8 @@ CAPACITY_PLACEHOLDERS = {
     abi.MAP_IPCACHE: ("POLC_CAP_IPCACHE", 8323073),
     abi.MAP_PAIRS: ("POLC_CAP_PAIRS", 8323079),
     abi.MAP_VERDICTS: ("POLC_CAP_VERDICTS", 8323081),
+    abi.MAP_L7: ("POLC_CAP_L7", 8323087),
+    abi.MAP_DFA: ("POLC_CAP_DFA", 8323093),
 }
 # Kernel limits we keep well inside (hash maps take u32 max_entries; classes are u16).
 MAX_ENTRIES = 1 << 24
@@ -53,7 +56,11 @@ def _images(t: Tables) -> dict[str, bytes]:
     ports = sorted((abi.PORTS_KEY.pack(d * abi.NPROTO + p), arr.tobytes())
                    for (d, p), arr in t.port_classes.items() if t.port_class_count[(d, p)] > 1)
     verdicts = sorted((abi.VERDICT_KEY.pack(*k), abi.VERDICT_VALUE.pack(*v)) for k, v in t.verdicts.items())
+    l7 = [(abi.L7_KEY.pack(i), abi.L7_VALUE.pack(*v)) for i, v in enumerate(t.l7_profiles)]
+    dfa = [(abi.DFA_KEY.pack(i), abi.DFA_VALUE.pack(*v)) for i, v in enumerate(t.dfa_states)]
     return {
+        abi.MAP_L7: abi.pack_image(abi.L7_KEY.size, abi.L7_VALUE.size, l7),
+        abi.MAP_DFA: abi.pack_image(abi.DFA_KEY.size, abi.DFA_VALUE.size, dfa),
         abi.MAP_IPCACHE: abi.pack_image(abi.LPM_KEY.size, abi.EP_INFO.size, ipcache),
         abi.MAP_PAIRS: abi.pack_image(abi.PAIR_KEY.size, abi.PAIR_VALUE.size, pairs),
         abi.MAP_PORTS: abi.pack_image(abi.PORTS_KEY.size, abi.PORTS_VALUE_SIZE, ports),
@@ -62,7 +69,8 @@ def _images(t: Tables) -> dict[str, bytes]:
 
 
 def _capacities(t: Tables) -> dict[str, int]:
-    caps = {abi.MAP_IPCACHE: len(t.entries), abi.MAP_PAIRS: len(t.pairs), abi.MAP_VERDICTS: len(t.verdicts)}
+    caps = {abi.MAP_IPCACHE: len(t.entries), abi.MAP_PAIRS: len(t.pairs), abi.MAP_VERDICTS: len(t.verdicts),
+            abi.MAP_L7: len(t.l7_profiles), abi.MAP_DFA: len(t.dfa_states)}
     for name, n in caps.items():
         if n > MAX_ENTRIES:
             raise CompileError(f"table {name} needs {n} entries, more than polc supports ({MAX_ENTRIES})")
@@ -108,6 +116,11 @@ def _meta(t: Tables, sources: list[dict], images: dict[str, bytes], version: str
             "profiles": t.profile_count,
             "ports": {f"{'ingress' if d == 0 else 'egress'}/{p}": n
                       for (d, p), n in sorted(t.port_class_count.items())},
+        },
+        "l7": {
+            "limits": {"request_head_bytes": abi.L7_MAX_BYTES, "dns_name_bytes": 255,
+                       "dfa_classes": abi.DFA_CLASSES, "dfa_states_total": MAX_DFA_STATES},
+            "profiles": t.l7_info,
         },
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode())
@@ -214,4 +227,5 @@ def emit_c(spec: ObjectSpec, source_note: str) -> dict[str, str]:
         "policy.c": "\n".join(lines) + "\n",
         "datapath.c": pkg.joinpath("datapath.c").read_text(),
         "polc_abi.h": pkg.joinpath("polc_abi.h").read_text(),
+        "l7.h": pkg.joinpath("l7.h").read_text(),
     }

@@ -174,9 +174,36 @@ class NamedPort:
 Port = Union[PortRange, NamedPort]
 
 
+@dataclass(frozen=True, order=True)
+class HTTPRule:
+    """Cilium ``rules.http`` entry: RE2 regexes matched against the whole value (None = any)."""
+
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: tuple[str, ...] = ()  # "Name: value" (exact) or "Name" (present)
+    origin: Origin | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, order=True)
+class DNSRule:
+    """Cilium ``rules.dns`` entry: one of ``match_name`` or ``match_pattern``."""
+
+    match_name: str | None = None
+    match_pattern: str | None = None
+    origin: Origin | None = field(default=None, compare=False)
+
+
+L7Rule = Union[HTTPRule, DNSRule]
+
+
 @dataclass(frozen=True)
 class Rule:
-    """One allow or deny rule: subject x peers x ports, for one direction."""
+    """One allow or deny rule: subject x peers x ports, for one direction.
+
+    ``l7`` (allow rules only) lists HTTP or DNS matchers: the connection is allowed, and
+    each request on it must match one of them.
+    """
 
     direction: Direction
     action: Action
@@ -184,6 +211,7 @@ class Rule:
     peers: tuple[Peer, ...]
     ports: tuple[Port, ...] | None
     origin: Origin
+    l7: tuple[L7Rule, ...] | None = None
 
 
 @dataclass(frozen=True)

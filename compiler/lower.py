@@ -272,8 +272,9 @@ class _CiliumLowerer(_Lowerer):
         for _, alias, direction, action in sorted(sections, key=lambda s: s[0]):
             for i, item in enumerate(getattr(rule, _attr(alias))):
                 peers = self._peers(item, matches_init)
-                ports = self._ports(item)
-                rules.append(ir.Rule(direction, action, subject, peers, ports, self.origin(path + (alias, i))))
+                where = path + (alias, i)
+                for ports, l7 in self._port_groups(item, where):
+                    rules.append(ir.Rule(direction, action, subject, peers, ports, self.origin(where), l7))
         return rules, isolations
 
     def _section_path(self, path: tuple, direction: str) -> tuple:
@@ -325,6 +326,32 @@ class _CiliumLowerer(_Lowerer):
         if alias in ("fromEntities", "toEntities"):
             return tuple(ir.PeerEntity(e) for e in dict.fromkeys(values) if e != "none")
         raise CompileError(f"internal: peer field {alias} reached lowering")  # validated earlier
+
+    def _port_groups(self, item, where: tuple) -> list[tuple[tuple[ir.Port, ...] | None, tuple | None]]:
+        """The rule's ports, split so that each port rule with L7 rules stands alone.
+
+        L7 rules apply to the ports of their own ``toPorts`` entry only; the entries
+        without L7 rules stay together as one L3/L4 rule.
+        """
+        to_ports = getattr(item, "to_ports", None) or ()
+        l7_entries = [(j, pr) for j, pr in enumerate(to_ports) if getattr(pr, "l7_kind", None)]
+        if not l7_entries:
+            return [(self._ports(item), None)]
+        groups = []
+        plain = [pr for pr in to_ports if not getattr(pr, "l7_kind", None)]
+        if plain:
+            groups.append((tuple(p for pr in plain for pp in pr.ports or () for p in _cilium_port(pp)), None))
+        for j, pr in l7_entries:
+            ports = tuple(p for pp in pr.ports or () for p in _cilium_port(pp))
+            groups.append((ports, self._l7(pr, where + ("toPorts", j, "rules"))))
+        return groups
+
+    def _l7(self, pr, where: tuple) -> tuple[ir.L7Rule, ...]:
+        if pr.l7_kind == "http":
+            return tuple(ir.HTTPRule(h.method, h.path, h.host, tuple(h.headers or ()),
+                                     self.origin(where + ("http", k))) for k, h in enumerate(pr.rules.http))
+        return tuple(ir.DNSRule(d.match_name, d.match_pattern, self.origin(where + ("dns", k)))
+                     for k, d in enumerate(pr.rules.dns))
 
     def _ports(self, item) -> tuple[ir.Port, ...] | None:
         if item.icmps:

@@ -19,7 +19,10 @@ import array
 import bisect
 from dataclasses import dataclass, field
 
+from polc import abi
+
 from . import ir
+from .l7 import build_l7
 from .identities import KIND_NODE, KIND_POD, KIND_WORLD, RESERVED_IDS, Entry, as_host, build_entries
 from .selectors import LabelIndex, iter_bits
 
@@ -51,11 +54,16 @@ class Tables:
     pairs: dict[tuple[int, int, int], int]  # (dir, subject class, peer class) -> profile
     port_classes: dict[tuple[int, int], array.array]  # (dir, proto) -> class per port
     port_class_count: dict[tuple[int, int], int]
-    verdicts: dict[tuple[int, int, int], tuple[int, int]]  # (profile, class, proto) -> (rule, action)
+    verdicts: dict[tuple[int, int, int], tuple[int, int, int]]  # (profile, class, proto) -> (rule, action, l7)
     rules: list[dict]  # id-ordered descriptions of rules, isolations and implicit rules
     subject_classes: list[int] = field(default_factory=list)  # count per direction
     peer_class_count: int = 0
     profile_count: int = 0
+    # polc_l7 rows (kind, start state, rule, pad, classes) and polc_dfa rows (next x 64, accept);
+    # index 0 of polc_l7 is unused (0 means "no L7" in verdicts and connection tracking).
+    l7_profiles: list[tuple] = field(default_factory=list)
+    dfa_states: list[tuple] = field(default_factory=list)
+    l7_info: list[dict] = field(default_factory=list)  # per L7 profile: kind, rules, states, classes
 
 
 def _entity_matches(entity: str, entry: Entry) -> bool:
@@ -236,19 +244,21 @@ def build_tables(policy: ir.PolicySet, inventory: ir.Inventory) -> Tables:
                 related.setdefault(pc, []).append(rid)
         for pc, rids in sorted(related.items()):
             names = subj_names if d == ir.Direction.INGRESS else peer_sig_of[pc][1]
-            key = tuple((rid, rule_by_id[rid].action, _resolve_ports(rule_by_id[rid].ports, names))
+            key = tuple((rid, _kind(rule_by_id[rid]), _resolve_ports(rule_by_id[rid].ports, names))
                         for rid in rids)
             key = tuple(k for k in key if k[2] != ())
             if key:
                 pairs[(int(d), sc, pc)] = _intern(profiles, (int(d), key))
 
-    port_classes, class_count, verdicts = _port_tables(profiles)
+    port_classes, class_count, verdicts, l7_sets = _port_tables(profiles)
+    l7_profiles, dfa_states, l7_info = build_l7(l7_sets, rule_by_id)
     rules = _rule_descriptions(b)
     return Tables(
         entries=entries, entry_values=values, host_values=host_values, pairs=pairs,
         port_classes=port_classes, port_class_count=class_count, verdicts=verdicts, rules=rules,
         subject_classes=[len(subject_classes[d]) for d in ir.Direction],
         peer_class_count=len(peer_classes), profile_count=len(profiles),
+        l7_profiles=l7_profiles, dfa_states=dfa_states, l7_info=l7_info,
     )
 
 
@@ -257,6 +267,14 @@ def _ranges(ports: tuple | None):
     if ports is None:
         return [(p, 0, proto_max(p)) for p in ALL_PROTOS]
     return [(p.proto, p.lo, p.hi) for p in ports]
+
+
+_L7 = 3  # the kind of an allow rule with L7 matchers, in profile keys
+_RANK = {ir.Action.DENY: 0, ir.Action.ALLOW: 1, _L7: 2}
+
+
+def _kind(rule: ir.Rule):
+    return _L7 if rule.l7 else rule.action
 
 
 def _port_tables(profiles: dict):
@@ -277,22 +295,28 @@ def _port_tables(profiles: dict):
             hi = st[c + 1] if c + 1 < len(st) else 65536
             arr[lo:hi] = array.array("H", [c]) * (hi - lo)
         port_classes[k] = arr
-    verdicts: dict[tuple[int, int, int], tuple[int, int]] = {}
+    verdicts: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+    l7_sets: dict[frozenset, int] = {}
     for (d, key), profile in profiles.items():
-        best: dict[tuple[int, int], tuple[int, int]] = {}  # (class, proto) -> (rank, rule)
-        for rid, action, ports in key:
-            rank = 0 if action == ir.Action.DENY else 1
+        # (class, proto) -> [rank, rule, L7 rules]; rank 0 deny, 1 allow, 2 allow with L7.
+        cells: dict[tuple[int, int], list] = {}
+        for rid, kind, ports in key:
+            rank = _RANK[kind]
             for proto, lo, hi in _ranges(ports):
                 st = starts[(d, int(proto))]
                 for c in range(bisect.bisect_right(st, lo) - 1, bisect.bisect_right(st, hi)):
-                    cur = best.get((c, int(proto)))
-                    if cur is None or (rank, rid) < cur:
-                        best[(c, int(proto))] = (rank, rid)
-        for (c, proto), (rank, rid) in best.items():
-            action = ir.Action.DENY if rank == 0 else ir.Action.ALLOW
-            verdicts[(profile, c, proto)] = (rid, int(action))
+                    cell = cells.setdefault((c, int(proto)), [rank, rid, set()])
+                    if (rank, rid) < (cell[0], cell[1]):
+                        cell[0], cell[1] = rank, rid
+                    if rank == 2:
+                        cell[2].add(rid)
+        for (c, proto), (rank, rid, l7_rules) in cells.items():
+            if rank == 2:  # only L7 allows cover this port: each request is judged
+                verdicts[(profile, c, proto)] = (rid, abi.ACTION_L7, _intern(l7_sets, frozenset(l7_rules)))
+            else:  # a deny wins; an L3/L4 allow of the same port and peer makes L7 rules moot
+                verdicts[(profile, c, proto)] = (rid, abi.ACTION_DENY if rank == 0 else abi.ACTION_ALLOW, 0)
     class_count = {k: len(v) for k, v in starts.items()}
-    return port_classes, class_count, verdicts
+    return port_classes, class_count, verdicts, [set_ for set_, _ in sorted(l7_sets.items(), key=lambda kv: kv[1])]
 
 
 def _origin_dict(origin: ir.Origin) -> dict:

@@ -41,6 +41,8 @@ MAP_IPCACHE = "polc_ipcache"
 MAP_PAIRS = "polc_pairs"
 MAP_PORTS = "polc_ports"
 MAP_VERDICTS = "polc_verdicts"
+MAP_L7 = "polc_l7"
+MAP_DFA = "polc_dfa"
 MAP_CTRL = "polc_ctrl"
 MAP_CT = "polc_ct"
 # Maps whose contents survive a policy update (reused by the runtime, never imaged).
@@ -55,7 +57,11 @@ IMAGE_HEADER = struct.Struct("<4sIIII")  # magic, version, key_size, value_size,
 
 DIR_INGRESS, DIR_EGRESS = 0, 1
 NPROTO = 6
-ACTION_ALLOW, ACTION_DENY = 1, 2
+ACTION_ALLOW, ACTION_DENY, ACTION_L7 = 1, 2, 3
+L7_HTTP, L7_DNS = 1, 2
+L7_MAX_BYTES = 1024
+DFA_CLASSES = 128
+DFA_REJECT, DFA_ACCEPT, DFA_DEAD = 0, 1, 2
 
 STAGES = {
     1: "fail-closed",
@@ -68,6 +74,9 @@ STAGES = {
     8: "default-deny",
     9: "malformed",
     10: "not-ip",
+    11: "neighbor-discovery",
+    12: "l7-allow",
+    13: "l7-deny",
 }
 
 LPM_KEY = struct.Struct("<I16s")
@@ -77,7 +86,11 @@ PAIR_VALUE = struct.Struct("<I")
 PORTS_KEY = struct.Struct("<I")
 PORTS_VALUE_SIZE = 65536 * 2
 VERDICT_KEY = struct.Struct("<IHBx")
-VERDICT_VALUE = struct.Struct("<II")
+VERDICT_VALUE = struct.Struct("<III")
+L7_KEY = struct.Struct("<I")
+L7_VALUE = struct.Struct("<IIII256s")
+DFA_KEY = struct.Struct("<I")
+DFA_VALUE = struct.Struct(f"<{DFA_CLASSES}II")
 CTRL_KEY = struct.Struct("<I")
 CTRL_VALUE = struct.Struct("<Q")
 CT_KEY = struct.Struct("<16s16sHHBBxx")

@@ -13,6 +13,7 @@ IPv4 otherwise (``family: 6`` picks IPv6).
 from __future__ import annotations
 
 import ipaddress
+import struct
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,37 @@ PROTOS = {"TCP": ir.Proto.TCP, "UDP": ir.Proto.UDP, "SCTP": ir.Proto.SCTP, "ICMP
           "ICMPV6": ir.Proto.ICMPV6}
 
 
+class HTTPRequestModel(Model):
+    """An HTTP/1.1 request to send on the connection (``raw`` gives the exact bytes)."""
+
+    method: str = "GET"
+    path: str = "/"
+    host: str | None = None
+    headers: list[str] = []
+    raw: str | None = None
+
+    def payload(self) -> bytes:
+        if self.raw is not None:
+            return self.raw.encode("utf-8")
+        lines = [f"{self.method} {self.path} HTTP/1.1"]
+        if self.host is not None:
+            lines.append(f"Host: {self.host}")
+        lines += self.headers
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+class DNSQueryModel(Model):
+    """A DNS query (type A, class IN) for ``query``."""
+
+    query: str
+
+    def payload(self, tcp: bool) -> bytes:
+        name = b"".join(bytes([len(label)]) + label.encode("ascii")
+                        for label in self.query.rstrip(".").split(".") if label) + b"\x00"
+        msg = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 1, 1)
+        return struct.pack("!H", len(msg)) + msg if tcp else msg
+
+
 class FlowModel(Model):
     """One flow as written in the file."""
 
@@ -40,6 +72,8 @@ class FlowModel(Model):
     icmp_type: int | None = Field(default=None, alias="icmp_type", ge=0, le=255)
     family: Literal[4, 6] | None = None
     expect: Literal["allow", "deny"] | None = None
+    http: HTTPRequestModel | None = None
+    dns: DNSQueryModel | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +90,7 @@ class Flow:
     dst_pod: ir.Pod | None
     expect: str | None
     location: Location
+    payload: bytes | None = None
 
     def describe(self) -> str:
         what = f"{self.proto.name}/{self.port}" if self.proto < ir.Proto.ICMP else f"{self.proto.name} type {self.port}"
@@ -107,7 +142,19 @@ def _resolve(doc: Document, i: int, m: FlowModel, pods: dict[str, ir.Pod]) -> Fl
     else:
         port = m.port
     name = m.name or f"{m.from_} -> {m.to}"
-    return Flow(i, name, addrs[0], addrs[1], proto, port, ends[0][1], ends[1][1], m.expect, loc)
+    payload = None
+    if m.http is not None:
+        if proto != ir.Proto.TCP:
+            raise CompileError("an http flow needs proto TCP", doc.location((i, "proto")))
+        payload = m.http.payload()
+    if m.dns is not None:
+        if proto not in (ir.Proto.UDP, ir.Proto.TCP):
+            raise CompileError("a dns flow needs proto UDP or TCP", doc.location((i, "proto")))
+        try:
+            payload = m.dns.payload(tcp=proto == ir.Proto.TCP)
+        except (UnicodeEncodeError, ValueError):
+            raise CompileError(f"dns query {m.dns.query!r} is not a valid DNS name", doc.location((i, "dns"))) from None
+    return Flow(i, name, addrs[0], addrs[1], proto, port, ends[0][1], ends[1][1], m.expect, loc, payload)
 
 
 def load_flows(path: str, inventory: ir.Inventory) -> list[Flow]:

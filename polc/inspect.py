@@ -37,6 +37,7 @@ def describe(path: str) -> dict:
         "identities": meta["identities"],
         "endpoints": meta["endpoints"],
         "rules": meta["rules"],
+        "l7": meta.get("l7", {"limits": {}, "profiles": []}),
     }
 
 
@@ -61,6 +62,14 @@ def render(info: dict) -> str:
     out += ["", f"classes     subject ingress {c['subject']['ingress']}, egress {c['subject']['egress']}; "
                 f"peer {c['peer']}; profiles {c['profiles']}"]
     out += [f"            port classes {k}: {v}" for k, v in c["ports"].items()]
+    l7 = info["l7"]
+    if l7["limits"]:
+        lim = l7["limits"]
+        out += ["", f"L7          limits: request head {lim['request_head_bytes']} bytes, DNS name "
+                    f"{lim['dns_name_bytes']} bytes, {lim['dfa_classes']} byte classes per DFA, "
+                    f"{lim['dfa_states_total']} DFA states in all"]
+        out += [f"            profile {p['id']}: {p['kind']}, rules {', '.join(map(str, p['rules']))}, "
+                f"{p['states']} states, {p['classes']} byte classes" for p in l7["profiles"]]
     out += ["", "identities"] + _table([[i["id"], ", ".join(i["labels"])] for i in info["identities"]],
                                        ["id", "labels"])
     out += ["", "endpoints"] + _table(

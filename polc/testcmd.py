@@ -42,7 +42,8 @@ class KernelJudge:
         kflow = KernelFlow(src_ip=str(flow.src), dst_ip=str(flow.dst), proto=PROTO_NAMES[flow.proto],
                            port=flow.port if flow.proto < ir.Proto.ICMP else None,
                            icmp_type=flow.port if flow.proto >= ir.Proto.ICMP else None,
-                           src_local_node=node(flow.src_pod), dst_local_node=node(flow.dst_pod))
+                           src_local_node=node(flow.src_pod), dst_local_node=node(flow.dst_pod),
+                           payload=flow.payload)
         result = self.engine.run(kflow)
         runs = [{"direction": DIRECTION[r.program], "program": r.program, "node": r.node,
                  "verdict": "allow" if r.passed else "deny", "stage": r.stage, "rule": r.rule}
@@ -108,9 +109,16 @@ def _meta_sources(path: str, role: str) -> list[str]:
     return files
 
 
+_SPECIFIC = ("l7-allow", "allow-rule", "ct-established", "ct-reply")
+
+
 def _deciding(runs: list[dict]) -> dict:
-    """The run that decided: the first that denied, else the last (the ingress side)."""
-    return next((r for r in runs if r["verdict"] == "deny"), runs[-1])
+    """The run that decided: the first that denied; for an allow, the most telling one."""
+    denied = next((r for r in runs if r["verdict"] == "deny"), None)
+    if denied:
+        return denied
+    return min(runs, key=lambda r: (_SPECIFIC.index(r["stage"]) if r["stage"] in _SPECIFIC else len(_SPECIFIC),
+                                    -runs.index(r)))
 
 
 def _record(flow: Flow, judged: dict, engine: str = "kernel") -> dict:

@@ -26,6 +26,8 @@ from .loader import Collection
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
+TC_ACT_REDIRECT = 7  # an L7 denial answered in place (TCP reset, DNS REFUSED)
+TCP_SERVER_ISN = 7000
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 IPPROTO = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPv6": 58}
 PROTOCOLS = tuple(IPPROTO)
@@ -55,6 +57,7 @@ class Flow:
     src_local_node: str | None = None
     dst_local_node: str | None = None
     src_port: int = DEFAULT_SRC_PORT
+    payload: bytes | None = None  # TCP: data sent after the handshake; UDP: the datagram's payload
 
     def __post_init__(self) -> None:
         src, dst = _parse_ip(self.src_ip, "src_ip"), _parse_ip(self.dst_ip, "dst_ip")
@@ -159,14 +162,23 @@ def _pseudo_header(src, dst, proto: int, length: int) -> bytes:
     return src.packed + dst.packed + struct.pack("!IxxxB", length, proto)
 
 
-def _l4(flow: Flow, src, dst) -> bytes:
-    """The transport header (and a little payload) with a valid checksum."""
+def _l4(flow: Flow, src, dst, data: bool = False) -> bytes:
+    """The transport header (and a little payload) with a valid checksum.
+
+    ``data``: for TCP, the segment carrying ``flow.payload`` after the handshake (PSH|ACK)
+    instead of the SYN.
+    """
     proto = IPPROTO[flow.proto]
     if flow.proto == "TCP":
-        seg = struct.pack("!HHIIBBHHH", flow.src_port, flow.port, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+        if data:
+            seg = struct.pack("!HHIIBBHHH", flow.src_port, flow.port, 2, TCP_SERVER_ISN + 1, 5 << 4, 0x18,
+                              65535, 0, 0) + (flow.payload or b"")
+        else:
+            seg = struct.pack("!HHIIBBHHH", flow.src_port, flow.port, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
         return _with_csum(seg, 16, _csum(_pseudo_header(src, dst, proto, len(seg)) + seg))
     if flow.proto == "UDP":
-        seg = struct.pack("!HHHH", flow.src_port, flow.port, 8 + 4, 0) + b"polc"
+        body = flow.payload if flow.payload is not None else b"polc"
+        seg = struct.pack("!HHHH", flow.src_port, flow.port, 8 + len(body), 0) + body
         cs = _csum(_pseudo_header(src, dst, proto, len(seg)) + seg) or 0xFFFF
         return _with_csum(seg, 6, cs)
     if flow.proto == "SCTP":
@@ -183,10 +195,10 @@ def _with_csum(seg: bytes, offset: int, checksum: int) -> bytes:
     return seg[:offset] + struct.pack("!H", checksum) + seg[offset + 2:]
 
 
-def build_packet(flow: Flow) -> bytes:
-    """The Ethernet frame for the first packet of ``flow``."""
+def build_packet(flow: Flow, data: bool = False) -> bytes:
+    """The Ethernet frame for the first packet of ``flow`` (``data``: its TCP data segment)."""
     src, dst = ipaddress.ip_address(flow.src_ip), ipaddress.ip_address(flow.dst_ip)
-    payload = _l4(flow, src, dst)
+    payload = _l4(flow, src, dst, data)
     proto = IPPROTO[flow.proto]
     if src.version == 4:
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0x4000, 64, proto, 0,
@@ -229,19 +241,27 @@ class KernelEngine:
                 raise ValueError(f"unknown node {node!r}; the policy knows {sorted(self.nodes)}")
         if self._ct is not None:
             self._ct.clear()
-        packet = build_packet(flow)
+        runs = self._through(flow, build_packet(flow))
+        if flow.proto == "TCP" and flow.payload and all(r.passed for r in runs):
+            # The handshake passed; now the request, on the connection it opened.
+            runs = self._through(flow, build_packet(flow, data=True))
+        verdict = "allow" if all(r.passed for r in runs) else "deny"
+        return FlowResult(flow, verdict, runs)
+
+    def _through(self, flow: Flow, packet: bytes) -> list[ProgramRun]:
+        """Egress of the source, then (if it passed) ingress of the destination."""
         runs = [self._run_program(self._from, flow.src_local_node, packet)]
         if runs[0].passed:
             runs.append(self._run_program(self._to, flow.dst_local_node, packet))
-        verdict = "allow" if all(r.passed for r in runs) else "deny"
-        return FlowResult(flow, verdict, runs)
+        return runs
 
     def _run_program(self, program, node: str | None, packet: bytes) -> ProgramRun:
         self.set_local_node(node)
         result = program.test_run(packet, bytes(bpf.SIZEOF_SK_BUFF))
-        if result.retval not in (TC_ACT_OK, TC_ACT_SHOT):
+        if result.retval not in (TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT):
             raise TestRunError(f"program '{program.name}' returned {result.retval}; the datapath may only "
-                               f"return TC_ACT_OK ({TC_ACT_OK}) or TC_ACT_SHOT ({TC_ACT_SHOT})")
+                               f"return TC_ACT_OK ({TC_ACT_OK}), TC_ACT_SHOT ({TC_ACT_SHOT}) or "
+                               f"TC_ACT_REDIRECT ({TC_ACT_REDIRECT})")
         stage_id, rule_id = struct.unpack_from("<II", result.ctx_out, _CB_OFFSET)
         stage = abi.STAGES.get(stage_id, f"unknown({stage_id})")
         rule = self.rules.get(rule_id) if rule_id else None

@@ -355,12 +355,13 @@ def test_fmt_reports_syntax_errors_with_exit_2(tmp_path, capsys):
     assert f"{bad}:2:10: error:" in err and "select {app=web}" in err
 
 
-def test_fmt_keeps_unsupported_features(tmp_path):
+def test_l7_rules_format_and_lower(tmp_path):
     text = ('cilium policy x {\n  select {}\n  ingress allow ports 80/TCP {\n'
             '    http method GET path "/v1/.*" header "X-Token"\n  }\n}\n')
     assert dsl_print.format_text(text) == text
-    with pytest.raises(PolcError, match="L7 rules"):
-        lower(parse_policies(dsl.load_text(text, "l7.pol")))
+    (rule,) = lower(parse_policies(dsl.load_text(text, "l7.pol"))).rules
+    assert rule.l7 and rule.l7[0].method == "GET" and rule.l7[0].headers == ("X-Token",)
+    assert rule.l7[0].origin.file == "l7.pol"
 
 
 def test_all_constructs_file_is_canonical_and_compiles():

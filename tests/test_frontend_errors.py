@@ -16,7 +16,7 @@ from polc.compiler.lower import load_policies
 
 ERRORS = Path(__file__).parent / "data" / "frontend" / "errors"
 FIXTURES = sorted(ERRORS.glob("*.yaml"))
-UNSUPPORTED = {"l7_http", "to_fqdns", "node_selector", "cidr_group_ref"}
+UNSUPPORTED = {"l7_kafka", "l7_regex_unsupported", "to_fqdns", "node_selector", "cidr_group_ref"}
 
 
 def _expectation(path: Path) -> tuple[int, int, str]:

@@ -17,6 +17,7 @@ import pytest
 
 from netns import bad_objects
 from polc import abi
+from polc.runtime.elfobj import ObjectFile
 from polc.runtime import bpf, node
 from polc.runtime.errors import ObjectError, VerifierError
 
@@ -296,7 +297,7 @@ def test_unload_leaves_nothing_in_the_kernel(objs, name, ns):
     st = node.status(name)[0]
     ids = {"prog": {p["id"] for p in st["programs"].values()}, "map": {m["id"] for m in st["maps"].values()},
            "link": {h["link_id"] for a in st["attachments"] for h in a["hooks"].values()}}
-    assert len(ids["link"]) == 4 and len(ids["map"]) == 7
+    assert len(ids["link"]) == 4 and len(ids["map"]) == len(ObjectFile.from_path(objs["a"]).maps)
     res = node.unload(name)
     assert res["detached"] == 2
     assert not os.path.exists(f"{node.PIN_ROOT}/{name}") and not os.path.exists(f"{node.STATE_ROOT}/{name}")

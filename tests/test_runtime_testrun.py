@@ -50,9 +50,9 @@ PAIRS = [
 ]
 PORT_CLASSES = {TCP: {80: 1, 22: 2}, UDP: {53: 1}, SCTP: {9: 1}, ICMP: {8: 1}, ICMPV6: {128: 1}}
 VERDICTS = [
-    *[(abi.VERDICT_KEY.pack(5, 1, p), abi.VERDICT_VALUE.pack(7, abi.ACTION_ALLOW)) for p in PORT_CLASSES],
-    (abi.VERDICT_KEY.pack(5, 2, TCP), abi.VERDICT_VALUE.pack(9, abi.ACTION_DENY)),
-    (abi.VERDICT_KEY.pack(6, 0, TCP), abi.VERDICT_VALUE.pack(8, abi.ACTION_ALLOW)),
+    *[(abi.VERDICT_KEY.pack(5, 1, p), abi.VERDICT_VALUE.pack(7, abi.ACTION_ALLOW, 0)) for p in PORT_CLASSES],
+    (abi.VERDICT_KEY.pack(5, 2, TCP), abi.VERDICT_VALUE.pack(9, abi.ACTION_DENY, 0)),
+    (abi.VERDICT_KEY.pack(6, 0, TCP), abi.VERDICT_VALUE.pack(8, abi.ACTION_ALLOW, 0)),
 ]
 RULES = [{"id": 7, "name": "allow-from-a"}, {"id": 8, "name": "allow-host"}, {"id": 9, "name": "deny-ssh"}]
 
@@ -71,7 +71,7 @@ def ports_image() -> bytes:
 def datapath_obj(tmp_path_factory):
     if not DATAPATH.exists():
         pytest.skip(f"{DATAPATH} does not exist yet")
-    caps = [f"-DPOLC_CAP_{n}=64" for n in ("IPCACHE", "PAIRS", "VERDICTS")]
+    caps = [f"-DPOLC_CAP_{n}=64" for n in ("IPCACHE", "PAIRS", "VERDICTS", "L7", "DFA")]
     path = compile_bpf(tmp_path_factory.mktemp("dp"), DATAPATH.read_text(), "datapath",
                        extra=[*caps, f"-DPOLC_GENERATION={GENERATION}", f"-I{DATAPATH.parent}"])
     meta = {"generation": GENERATION, "rules": RULES, "nodes": NODES}

@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
-from .. import ir
+from .. import ir, regex
 from .common import (
     IntOrStr, LabelSelector, Model, ObjectMeta, Str, check_except, check_port_name, fail,
     parse_cidr, unsupported,
@@ -117,17 +117,87 @@ class PortDenyRule(Model):
     ports: list[PortProtocol] | None = None
 
 
+class PortRuleHTTP(Model):
+    """``rules.http[]``: method, path and host are RE2 regexes; headers "Name: value" or "Name"."""
+
+    method: Str | None = None
+    path: Str | None = None
+    host: Str | None = None
+    headers: list[Str] | None = None
+    header_matches: Any = Field(None, alias="headerMatches")
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.header_matches:
+            raise unsupported("headerMatches", "HTTP headerMatches (secrets, mismatch actions)")
+        for field in ("method", "path", "host"):
+            _check_regex(getattr(self, field), field)
+        for i, header in enumerate(self.headers or ()):
+            name = header.split(":", 1)[0].strip()
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise fail(f"header {header!r}: {name!r} is not an HTTP header name", "headers", i)
+        return self
+
+
+def _check_regex(pattern: str | None, field: str) -> None:
+    """Reject a regex the DFA builder cannot compile, naming the construct and its place."""
+    if pattern is None:
+        return
+    try:
+        regex.parse(pattern)
+    except (regex.RegexSyntaxError, regex.RegexUnsupportedError) as err:
+        raise fail(f"{field}: {err.message}", field,
+                   unsupported=isinstance(err, regex.RegexUnsupportedError)) from None
+
+
+class PortRuleDNS(Model):
+    """``rules.dns[]``: exactly one of matchName / matchPattern."""
+
+    match_name: Str | None = Field(None, alias="matchName")
+    match_pattern: Str | None = Field(None, alias="matchPattern")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.match_name is None) == (self.match_pattern is None):
+            raise fail("a DNS rule needs exactly one of matchName and matchPattern")
+        return self
+
+
+class L7Rules(Model):
+    """``toPorts[].rules``: HTTP or DNS (Kafka and generic L7 are not supported)."""
+
+    http: list[PortRuleHTTP] | None = None
+    dns: list[PortRuleDNS] | None = None
+    kafka: Any = None
+    l7proto: Any = None
+    l7: Any = None
+
+    @model_validator(mode="after")
+    def _checks(self):
+        for field, what in (("kafka", "Kafka rules"), ("l7proto", "generic L7 parsers"), ("l7", "generic L7 rules")):
+            if getattr(self, field):
+                raise unsupported(field, what)
+        if self.http and self.dns:
+            raise fail("a port rule takes HTTP or DNS rules, not both", "dns", key=True)
+        return self
+
+    @property
+    def kind(self) -> str | None:
+        return "http" if self.http else "dns" if self.dns else None
+
+
 class PortRule(PortDenyRule):
-    rules: Any = None
+    rules: L7Rules | None = None
     server_names: Any = Field(None, alias="serverNames")
     originating_tls: Any = Field(None, alias="originatingTLS")
     terminating_tls: Any = Field(None, alias="terminatingTLS")
     listener: Any = None
 
     @model_validator(mode="after")
-    def _no_l7(self):
-        if _has_l7(self.rules):
-            raise unsupported("rules", "L7 rules (http/dns/kafka)")
+    def _l7(self):
+        kind = self.rules.kind if self.rules else None
+        if kind:
+            self._check_l7_ports(kind)
         for field, alias, what in (
             ("server_names", "serverNames", "TLS server names"),
             ("originating_tls", "originatingTLS", "TLS origination"),
@@ -138,14 +208,21 @@ class PortRule(PortDenyRule):
                 raise unsupported(alias, what)
         return self
 
+    def _check_l7_ports(self, kind: str) -> None:
+        """Cilium's sanitize: L7 needs explicit ports; HTTP is TCP only; DNS takes no ranges."""
+        if not self.ports:
+            raise fail(f"{kind.upper()} rules need explicit ports", "rules", key=True)
+        for i, pp in enumerate(self.ports):
+            if pp.number() == 0:
+                raise fail(f"{kind.upper()} rules cannot apply to port 0 (every port)", "ports", i, "port")
+            if pp.end_port is not None:
+                raise fail(f"{kind.upper()} rules cannot apply to a port range", "ports", i, "endPort", key=True)
+            if kind == "http" and pp.protocol not in ("TCP", None):
+                raise fail(f"HTTP rules apply to TCP only, not {pp.protocol}", "ports", i, "protocol")
 
-def _has_l7(rules: Any) -> bool:
-    """Whether ``rules`` holds any L7 rule (an empty ``rules: {}`` has no effect in Cilium)."""
-    if not rules:
-        return False
-    if isinstance(rules, dict):
-        return any(v is not None for v in rules.values())
-    return True
+    @property
+    def l7_kind(self) -> str | None:
+        return self.rules.kind if self.rules else None
 
 
 class ICMPField(Model):
@@ -263,6 +340,13 @@ class IngressRule(_IngressCommon):
     authentication: Any = None
     UNSUPPORTED: ClassVar[tuple] = _INGRESS_UNSUPPORTED + (
         ("authentication", "authentication", "mutual authentication"),)
+
+    @model_validator(mode="after")
+    def _no_ingress_dns(self):
+        for i, pr in enumerate(self.to_ports or ()):
+            if pr.l7_kind == "dns":
+                raise fail("DNS rules apply to egress only", "toPorts", i, "rules", "dns", key=True)
+        return self
 
 
 class IngressDenyRule(_IngressCommon):
