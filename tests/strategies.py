@@ -285,9 +285,9 @@ _RESERVED_KEYS = ("reserved:host", "reserved:world", "reserved:remote-node", "re
 ENTITIES = ("all", "world", "cluster", "host", "remote-node", "kube-apiserver", "health", "none")
 
 
-# Subject selectors leave out the namespace key: lowering a CNP endpointSelector with an
-# expression on it crashes today (see test_regression_namespace_expression_in_subject).
-_SUBJECT_KEYS = tuple(k for k in _CILIUM_KEYS if k != "k8s:io.kubernetes.pod.namespace")
+# Subject selectors use every key, the namespace key included (an expression on it next to
+# the namespace CNP lowering adds once crashed: test_regression_namespace_expression_in_subject).
+_SUBJECT_KEYS = _CILIUM_KEYS
 
 
 @st.composite
