@@ -11,7 +11,7 @@ from common import run_child
 from gen import scenario, write_scenario
 
 MEM_LIMIT = 16 * 2**30  # a compile that needs more fails, it does not take the machine down
-TIMEOUT = 900
+TIMEOUT = 480  # keeps a full run near 20 minutes
 
 
 class Prepared:
