@@ -25,7 +25,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from . import ir
+from . import ir, reference_l7
 from .frontends import cilium, k8s
 from .frontends.common import LabelSelector, LoadedPolicy, parse_cidr
 from .source import path_str
@@ -44,6 +44,7 @@ _ICMP = (ir.Proto.ICMP, ir.Proto.ICMPV6)
 NOT_POLICED, DENY_RULE, NOT_ISOLATED, ALLOW_RULE, DEFAULT_DENY = (
     "not-policed", "deny-rule", "not-isolated", "allow-rule", "default-deny")
 
+L7_ALLOW, L7_DENY = "l7-allow", "l7-deny"
 LOCALHOST_RULE = {"file": "<polc>", "line": 0, "col": 0, "policy": "allow-localhost",
                   "where": "the local host may reach its endpoints (Cilium's allow-localhost)"}
 
@@ -209,8 +210,12 @@ class ReferenceEvaluator:
         return decision.verdict, decision.explain()
 
     def decide(self, src_ip, dst_ip, proto, port: int, src_node: str | None = None,
-               dst_node: str | None = None) -> Decision:
-        """Like :meth:`verdict`, with the per-direction results."""
+               dst_node: str | None = None, payload: bytes | None = None) -> Decision:
+        """Like :meth:`verdict`, with the per-direction results.
+
+        ``payload``: the request sent on the connection once it is open (an HTTP request
+        head, or a DNS query; for DNS over TCP with its length prefix); L7 rules judge it.
+        """
         src, dst = ipaddress.ip_address(str(src_ip)), ipaddress.ip_address(str(dst_ip))
         if src.version != dst.version:
             raise ValueError(f"source {src} and destination {dst} are of different address families")
@@ -219,9 +224,9 @@ class ReferenceEvaluator:
         # Egress of the source runs on the source pod's node, ingress on the destination's.
         egress_node = src_node if src_node is not None else (src_pod.node if src_pod else None)
         ingress_node = dst_node if dst_node is not None else (dst_pod.node if dst_pod else None)
-        runs = [self._direction(EGRESS, src, dst, proto, port, egress_node, dst_pod)]
+        runs = [self._direction(EGRESS, src, dst, proto, port, egress_node, dst_pod, payload)]
         if runs[0].verdict == "allow":
-            runs.append(self._direction(INGRESS, dst, src, proto, port, ingress_node, dst_pod))
+            runs.append(self._direction(INGRESS, dst, src, proto, port, ingress_node, dst_pod, payload))
         verdict = "allow" if all(r.verdict == "allow" for r in runs) else "deny"
         return Decision(verdict, tuple(runs))
 
@@ -240,7 +245,8 @@ class ReferenceEvaluator:
         return Party(ip, "world", {("reserved", "world"): "", ("reserved", family): ""})
 
     # -- one direction ----------------------------------------------------------------------
-    def _direction(self, direction: str, subject_ip, peer_ip, proto, port, node, dst_pod) -> DirectionResult:
+    def _direction(self, direction: str, subject_ip, peer_ip, proto, port, node, dst_pod,
+                   payload: bytes | None = None) -> DirectionResult:
         subject = self.party(subject_ip, node)
         if subject.kind != "pod":
             # Only pods are endpoints with policy; nodes and the world are not policed here.
@@ -252,15 +258,33 @@ class ReferenceEvaluator:
         deny = next((origin for action, origin in verdicts if action == "deny"), None)
         if deny is not None:  # deny rules beat every allow, isolated or not
             return DirectionResult(direction, "deny", DENY_RULE, deny, node, desc)
-        isolation = self._isolation(direction, pod)
-        if isolation is None:  # a direction no policy isolates allows everything
-            return DirectionResult(direction, "allow", NOT_ISOLATED, None, node, desc)
         allow = next((origin for action, origin in verdicts if action == "allow"), None)
         if allow is None and direction == INGRESS and peer.kind == "host":
             allow = LOCALHOST_RULE  # Cilium's allow-localhost: the pod's own node may reach it
+        l7 = [found for action, found in verdicts if action == "l7"]
+        if l7 and allow is None:
+            # Only L7 rules allow this port for this peer: each request must match one of them
+            # (an L3/L4 allow of the same port and peer would make them moot).
+            return self._l7_result(direction, l7, proto, payload, node, desc)
+        isolation = self._isolation(direction, pod)
+        if isolation is None:  # a direction no policy isolates allows everything
+            return DirectionResult(direction, "allow", NOT_ISOLATED, None, node, desc)
         if allow is not None:
             return DirectionResult(direction, "allow", ALLOW_RULE, allow, node, desc)
         return DirectionResult(direction, "deny", DEFAULT_DENY, isolation, node, desc)
+
+    @staticmethod
+    def _l7_result(direction, l7, proto, payload, node, desc) -> DirectionResult:
+        origin = l7[0][0]
+        if payload is None:  # the connection opens; requests are judged when they come
+            return DirectionResult(direction, "allow", ALLOW_RULE, origin, node, desc)
+        port_rules = [pr for _, pr in l7]
+        if port_rules[0].rules.http:
+            ok = reference_l7.http_allowed([h for pr in port_rules for h in pr.rules.http or ()], payload)
+        else:
+            name = reference_l7.parse_dns_query(payload, tcp=proto == ir.Proto.TCP)
+            ok = reference_l7.dns_allowed([d for pr in port_rules for d in pr.rules.dns or ()], name)
+        return DirectionResult(direction, "allow" if ok else "deny", L7_ALLOW if ok else L7_DENY, origin, node, desc)
 
     def _isolation(self, direction: str, pod: ir.Pod) -> dict | None:
         """The first policy part that makes ``pod`` default-deny in ``direction``, if any."""
@@ -413,9 +437,26 @@ class ReferenceEvaluator:
                 items = getattr(rule, "ingress_deny" if section == "ingressDeny" else
                                 "egress_deny" if section == "egressDeny" else section) or ()
                 for i, item in enumerate(items):
-                    if (self._cilium_peer(policy, item, peer, matches_init)
-                            and self._cilium_port(item, proto, port, dst_pod)):
-                        yield action, self._origin(policy, path + (section, i))
+                    if not self._cilium_peer(policy, item, peer, matches_init):
+                        continue
+                    origin = self._origin(policy, path + (section, i))
+                    l7 = [pr for pr in self._l7_port_rules(item, proto, port, dst_pod)] if action == "allow" else []
+                    if l7 and not self._plain_port_match(item, proto, port, dst_pod):
+                        yield from (("l7", (origin, pr)) for pr in l7)
+                    elif self._cilium_port(item, proto, port, dst_pod):
+                        yield action, origin
+
+    def _l7_port_rules(self, item, proto, port, dst_pod) -> list:
+        """The port rules of ``item`` with L7 rules that cover (proto, port)."""
+        return [pr for pr in getattr(item, "to_ports", None) or ()
+                if getattr(pr, "rules", None) and (pr.rules.http or pr.rules.dns)
+                and any(self._cilium_port_protocol(pp, proto, port, dst_pod) for pp in pr.ports or ())]
+
+    def _plain_port_match(self, item, proto, port, dst_pod) -> bool:
+        """Whether a port rule of ``item`` without L7 rules covers (proto, port)."""
+        return any(not (getattr(pr, "rules", None) and (pr.rules.http or pr.rules.dns))
+                   and any(self._cilium_port_protocol(pp, proto, port, dst_pod) for pp in pr.ports or ())
+                   for pr in getattr(item, "to_ports", None) or ())
 
     def _cilium_peer(self, policy: LoadedPolicy, item, peer: Party, matches_init: bool) -> bool:
         field_ = next(((alias, value) for name, alias in item.PEER_FIELDS

@@ -72,7 +72,7 @@ class ReferenceJudge:
         self.evaluator = ReferenceEvaluator(load_policies(_meta_sources(path, "policy")), inventory)
 
     def judge(self, flow: Flow) -> dict:
-        decision = self.evaluator.decide(flow.src, flow.dst, flow.proto, flow.port)
+        decision = self.evaluator.decide(flow.src, flow.dst, flow.proto, flow.port, payload=flow.payload)
         runs = [{"direction": r.direction, "program": "reference " + r.direction, "node": r.node,
                  "verdict": r.verdict, "stage": r.stage, "rule": r.rule} for r in decision.runs]
         return {"verdict": decision.verdict, "runs": runs}
