@@ -16,7 +16,6 @@ import ipaddress
 import os
 import random
 import tempfile
-from dataclasses import dataclass, field
 
 import yaml
 from hypothesis import strategies as st

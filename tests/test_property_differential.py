@@ -11,7 +11,6 @@ Example counts per profile (tests/conftest.py): ``ci`` 320 cases, ``thorough`` 5
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 import pytest

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st

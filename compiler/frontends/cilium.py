@@ -17,8 +17,8 @@ from pydantic_core import PydanticCustomError
 
 from .. import ir, regex
 from .common import (
-    IntOrStr, LabelSelector, Model, ObjectMeta, Str, check_except, check_port_name, fail,
-    parse_cidr, unsupported,
+    IntOrStr, LabelSelector, Model, ObjectMeta, Str, cidr_networks, check_port_name, fail,
+    parse_cidr, unsupported, validate_cidr_except,
 )
 
 API_VERSION = "cilium.io/v2"
@@ -64,23 +64,11 @@ class CIDRRule(Model):
             raise unsupported("cidrGroupSelector", "CiliumCIDRGroup selectors")
         if self.cidr is None:
             raise fail("missing required field 'cidr'")
-        try:
-            cidr = parse_cidr(self.cidr, allow_bare_ip=False)
-        except ValueError as exc:
-            raise fail(str(exc), "cidr")
-        excepts = []
-        for i, text in enumerate(self.except_ or ()):
-            try:
-                excepts.append(parse_cidr(text, allow_bare_ip=False))
-            except ValueError as exc:
-                raise fail(str(exc), "except", i)
-        bad = check_except(cidr, excepts, strict=False)
-        if bad:
-            raise fail(bad[1], "except", bad[0])
+        validate_cidr_except(self.cidr, self.except_, strict=False)
         return self
 
     def networks(self):
-        return (parse_cidr(self.cidr, False), tuple(parse_cidr(e, False) for e in self.except_ or ()))
+        return cidr_networks(self.cidr, self.except_)
 
 
 class PortProtocol(Model):

@@ -222,6 +222,31 @@ def parse_cidr(text: str, allow_bare_ip: bool) -> ipaddress.IPv4Network | ipaddr
         raise ValueError(f"invalid CIDR {text!r}") from None
 
 
+def validate_cidr_except(cidr_text: str, except_texts, strict: bool) -> None:
+    """Model-validator check of a ``cidr`` with its ``except`` list (errors name the entry).
+
+    ``strict``: Kubernetes wants each except a strict subset; Cilium accepts the cidr itself.
+    """
+    try:
+        cidr = parse_cidr(cidr_text, allow_bare_ip=False)
+    except ValueError as exc:
+        raise fail(str(exc), "cidr")
+    excepts = []
+    for i, text in enumerate(except_texts or ()):
+        try:
+            excepts.append(parse_cidr(text, allow_bare_ip=False))
+        except ValueError as exc:
+            raise fail(str(exc), "except", i)
+    bad = check_except(cidr, excepts, strict=strict)
+    if bad:
+        raise fail(bad[1], "except", bad[0])
+
+
+def cidr_networks(cidr_text: str, except_texts) -> tuple:
+    """The parsed ``(cidr, excepts)`` of a validated cidr/except pair."""
+    return parse_cidr(cidr_text, False), tuple(parse_cidr(e, False) for e in except_texts or ())
+
+
 def check_except(cidr, excepts: list, strict: bool) -> tuple[int, str] | None:
     """The index and reason of the first ``except`` entry not inside ``cidr``."""
     for i, exc in enumerate(excepts):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Sequence
 
-from ..errors import CompileError, PolcError, raise_all
+from ..errors import PolcError, raise_all
 from ..source import Document, path_str
 from .dsl import KIND_KEYWORDS, Comment
 

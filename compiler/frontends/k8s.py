@@ -13,8 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from .common import (
-    IntOrStr, LabelSelector, Model, ObjectMeta, Str, check_except, check_label_key, check_port_name,
-    fail, parse_cidr,
+    IntOrStr, LabelSelector, Model, ObjectMeta, Str, cidr_networks, check_label_key, check_port_name,
+    fail, validate_cidr_except,
 )
 
 API_VERSION = "networking.k8s.io/v1"
@@ -43,24 +43,12 @@ class IPBlock(Model):
 
     @model_validator(mode="after")
     def _cidrs(self):
-        try:
-            cidr = parse_cidr(self.cidr, allow_bare_ip=False)
-        except ValueError as exc:
-            raise fail(str(exc), "cidr")
-        excepts = []
-        for i, text in enumerate(self.except_ or ()):
-            try:
-                excepts.append(parse_cidr(text, allow_bare_ip=False))
-            except ValueError as exc:
-                raise fail(str(exc), "except", i)
-        bad = check_except(cidr, excepts, strict=True)
-        if bad:
-            raise fail(bad[1], "except", bad[0])
+        validate_cidr_except(self.cidr, self.except_, strict=True)
         return self
 
     def networks(self):
         """The parsed ``(cidr, excepts)``."""
-        return (parse_cidr(self.cidr, False), tuple(parse_cidr(e, False) for e in self.except_ or ()))
+        return cidr_networks(self.cidr, self.except_)
 
 
 class NetworkPolicyPeer(Model):
