@@ -6,9 +6,8 @@ runs crafted packets through the programs with BPF_PROG_TEST_RUN.
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
+from kernel_helpers import loaded_engine, skip_unless_root
 
 from polc import abi
 
@@ -64,26 +63,9 @@ spec:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import os
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root for bpf(2) (CAP_BPF, CAP_NET_ADMIN)")
-    from polc.compiler.backend import emit_object
-    from polc.compiler.pipeline import compile_paths
-    from polc.runtime.elfobj import ObjectFile
-    from polc.runtime.loader import Collection
-    from polc.runtime.testrun import KernelEngine
-
-    d = tmp_path_factory.mktemp("dp")
-    (d / "cluster.yaml").write_text(textwrap.dedent(CLUSTER))
-    (d / "policy.yaml").write_text(textwrap.dedent(POLICY))
-    compiled = compile_paths([str(d / "policy.yaml")], [str(d / "cluster.yaml")])
-    obj = ObjectFile.from_bytes(emit_object(compiled.spec), name="dp", path=str(d / "out.o"))
-    coll = Collection.load(obj)
-    eng = KernelEngine(coll, obj.meta)
-    eng.obj = obj
-    yield eng
-    coll.close()
+    skip_unless_root()
+    with loaded_engine(tmp_path_factory.mktemp("dp"), CLUSTER, POLICY, "dp") as eng:
+        yield eng
 
 
 def judge(engine, src, dst, proto="TCP", port=None, icmp_type=None, src_node="n1", dst_node="n1"):

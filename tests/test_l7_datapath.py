@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
-import textwrap
 
 import pytest
+from kernel_helpers import loaded_engine, ones_complement_sum, skip_unless_root
 
 from polc import abi
 
@@ -73,22 +72,9 @@ SERVER6, CLIENT6 = "2001:db8::10", "2001:db8::11"
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("needs root for bpf(2) (CAP_BPF, CAP_NET_ADMIN)")
-    from polc.compiler.backend import emit_object
-    from polc.compiler.pipeline import compile_paths
-    from polc.runtime.elfobj import ObjectFile
-    from polc.runtime.loader import Collection
-    from polc.runtime.testrun import KernelEngine
-
-    d = tmp_path_factory.mktemp("l7")
-    (d / "cluster.yaml").write_text(textwrap.dedent(CLUSTER))
-    (d / "policy.yaml").write_text(textwrap.dedent(POLICY))
-    compiled = compile_paths([str(d / "policy.yaml")], [str(d / "cluster.yaml")])
-    obj = ObjectFile.from_bytes(emit_object(compiled.spec), name="l7", path=str(d / "l7.o"))
-    coll = Collection.load(obj)
-    yield KernelEngine(coll, obj.meta)
-    coll.close()
+    skip_unless_root()
+    with loaded_engine(tmp_path_factory.mktemp("l7"), CLUSTER, POLICY, "l7") as eng:
+        yield eng
 
 
 def http(method="GET", path="/", headers=(), host="server"):
@@ -148,15 +134,6 @@ def test_dns_queries(engine, name, want):
     assert run(engine, dns_query(name, tcp=True), port=53, proto="TCP")[0] == want
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
 def _direct(engine, program, flow, data=False):
     from polc.runtime.testrun import build_packet
 
@@ -176,7 +153,7 @@ def test_refused_answer_is_a_valid_dns_response(engine, family):
     assert pkt[:6] == bytes.fromhex("020000000001") and pkt[6:12] == bytes.fromhex("020000000002")
     if family == 4:
         ip, l4 = pkt[14:34], pkt[34:]
-        assert ip[9] == 17 and _csum(ip) == 0xFFFF
+        assert ip[9] == 17 and ones_complement_sum(ip) == 0xFFFF
         assert ipaddress.ip_address(ip[12:16]) == ipaddress.ip_address(dst)
         assert ipaddress.ip_address(ip[16:20]) == ipaddress.ip_address(src)
         assert struct.unpack("!H", ip[2:4])[0] == len(ip) + len(l4)
@@ -184,7 +161,7 @@ def test_refused_answer_is_a_valid_dns_response(engine, family):
         ip, l4 = pkt[14:54], pkt[54:]
         assert ip[6] == 17 and struct.unpack("!H", ip[4:6])[0] == len(l4)
         pseudo = ip[8:40] + struct.pack("!IxxxB", len(l4), 17)
-        assert _csum(pseudo + l4) == 0xFFFF
+        assert ones_complement_sum(pseudo + l4) == 0xFFFF
     sport, dport, length, _ = struct.unpack("!HHHH", l4[:8])
     assert (sport, dport, length) == (53, 45678, len(l4))
     msg = l4[8:]
@@ -215,7 +192,7 @@ def test_denied_http_request_resets_the_client(engine, family):
     assert flags == 0x14 and off == 5 << 4  # RST|ACK
     if family == 4:
         pseudo = pkt[26:30] + pkt[30:34] + struct.pack("!BBH", 0, 6, 20)
-        assert _csum(pkt[14:34]) == 0xFFFF
+        assert ones_complement_sum(pkt[14:34]) == 0xFFFF
     else:
         pseudo = pkt[22:54] + struct.pack("!IxxxB", 20, 6)
-    assert _csum(pseudo + l4) == 0xFFFF
+    assert ones_complement_sum(pseudo + l4) == 0xFFFF

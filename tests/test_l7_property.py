@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kernel_helpers import loaded_engine
 from polc.compiler import reference_l7
 
 CLUSTER = """
@@ -39,21 +40,6 @@ SERVER, CLIENT = "198.18.3.10", "198.18.3.11"
 EXAMPLES = int(os.environ.get("POLC_L7_EXAMPLES", "20"))
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for bpf(2) (CAP_BPF, CAP_NET_ADMIN)")
-
-
-def _engine(tmp_path, policy: str):
-    from polc.compiler.backend import emit_object
-    from polc.compiler.pipeline import compile_paths
-    from polc.runtime.elfobj import ObjectFile
-    from polc.runtime.loader import Collection
-    from polc.runtime.testrun import KernelEngine
-
-    (tmp_path / "cluster.yaml").write_text(textwrap.dedent(CLUSTER))
-    (tmp_path / "policy.yaml").write_text(policy)
-    compiled = compile_paths([str(tmp_path / "policy.yaml")], [str(tmp_path / "cluster.yaml")])
-    obj = ObjectFile.from_bytes(emit_object(compiled.spec), name="l7p", path=str(tmp_path / "p.o"))
-    coll = Collection.load(obj)
-    return coll, KernelEngine(coll, obj.meta)
 
 
 def _kernel(engine, payload: bytes, proto: str, port: int) -> str:
@@ -94,8 +80,7 @@ def test_http_path_verdicts_agree_with_re_fullmatch(tmp_path_factory, regex, dat
             - ports: [{{port: "80", protocol: TCP}}]
               rules: {{http: [{{method: GET, path: '{regex}'}}]}}
         """)
-    coll, engine = _engine(tmp_path_factory.mktemp("http"), policy)
-    try:
+    with loaded_engine(tmp_path_factory.mktemp("http"), CLUSTER, policy, "l7p") as engine:
         matching = data.draw(st.lists(st.from_regex(regex, fullmatch=True).filter(
             lambda t: t.isascii() and t.isprintable() and " " not in t and t), max_size=6))
         other = data.draw(st.lists(st.text(_TARGET_CHARS, min_size=1, max_size=12).map(lambda t: "/" + t),
@@ -105,8 +90,6 @@ def test_http_path_verdicts_agree_with_re_fullmatch(tmp_path_factory, regex, dat
             payload = f"GET {target} HTTP/1.1\r\nHost: server\r\n\r\n".encode()
             want = "allow" if reference_l7.http_allowed([rule], payload) else "deny"
             assert _kernel(engine, payload, "TCP", 80) == want, (regex, target)
-    finally:
-        coll.close()
 
 
 # -- DNS patterns ----------------------------------------------------------------------------
@@ -153,12 +136,9 @@ def test_dns_verdicts_agree_with_reference(tmp_path_factory, rules, data):
         "spec": {"endpointSelector": {"matchLabels": {"app": "client"}},
                  "egress": [{"toEndpoints": [{"matchLabels": {"app": "server"}}],
                              "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}], "rules": {"dns": rules}}]}]}})
-    coll, engine = _engine(tmp_path_factory.mktemp("dns"), policy)
-    try:
+    with loaded_engine(tmp_path_factory.mktemp("dns"), CLUSTER, policy, "l7p") as engine:
         models = [SimpleNamespace(match_name=r.get("matchName"), match_pattern=r.get("matchPattern")) for r in rules]
         for rule in rules:
             for name in _names_for(rule, data):
                 want = "allow" if reference_l7.dns_allowed(models, name.lower()) else "deny"
                 assert _kernel(engine, _query(name), "UDP", 53) == want, (rules, name)
-    finally:
-        coll.close()

@@ -12,6 +12,7 @@ import json
 import struct
 
 import pytest
+from kernel_helpers import ones_complement_sum
 
 from polc import abi
 from polc.runtime.elfobj import ObjectFile
@@ -160,15 +161,6 @@ def test_crc32c_known_answer():
     assert crc32c(b"123456789") == 0xE3069283
 
 
-def _fold(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 @pytest.mark.parametrize("flow", [
     Flow("10.0.0.1", "10.0.0.2", "TCP", 80), Flow("10.0.0.1", "10.0.0.2", "UDP", 53),
     Flow("fd00::1", "fd00::2", "TCP", 443), Flow("fd00::1", "fd00::2", "UDP", 53),
@@ -178,7 +170,7 @@ def test_checksums_verify(flow):
     pkt = build_packet(flow)
     src, dst = ipaddress.ip_address(flow.src_ip), ipaddress.ip_address(flow.dst_ip)
     if src.version == 4:
-        assert pkt[12:14] == b"\x08\x00" and _fold(pkt[14:34]) == 0xFFFF
+        assert pkt[12:14] == b"\x08\x00" and ones_complement_sum(pkt[14:34]) == 0xFFFF
         l4, proto = pkt[34:], pkt[23]
         pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, proto, len(l4))
     else:
@@ -187,7 +179,7 @@ def test_checksums_verify(flow):
         pseudo = src.packed + dst.packed + struct.pack("!I3xB", len(l4), proto)
     if flow.proto == "ICMP":
         pseudo = b""
-    assert _fold(pseudo + l4) == 0xFFFF
+    assert ones_complement_sum(pseudo + l4) == 0xFFFF
     if flow.proto in ("TCP", "UDP"):
         assert struct.unpack("!HH", l4[:4]) == (flow.src_port, flow.port)
     if flow.proto == "TCP":
