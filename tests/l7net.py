@@ -284,24 +284,47 @@ def dns_udp(src: Pod, server_ip: str, name: str, qid: int, timeout: float = 1.0)
 
 def dns_tcp(src: Pod, server_ip: str, name: str, qid: int, timeout: float = 1.0) -> DNSAnswer | Outcome:
     """Ask over TCP (length-prefixed, one segment); the parsed answer, or how it failed."""
-    q = dns_query(name, qid)
+    got = dns_tcp_session(src, server_ip, [name], qid, timeout)
+    return got[0] if got else Outcome("closed", [], 0.0)
+
+
+def dns_tcp_session(src: Pod, server_ip: str, names: list[str], qid: int, timeout: float = 1.0,
+                    split_prefix: bool = False) -> list[DNSAnswer | Outcome]:
+    """Ask for ``names`` one after another on one TCP connection.
+
+    Each query goes out with its length prefix in one segment, or with ``split_prefix`` the
+    two prefix bytes first and the message 50 ms later.  One entry per query asked: its
+    answer, or (last) how the connection failed.
+    """
     s = pod_socket(src.netns, socket.SOCK_STREAM)
+    out: list[DNSAnswer | Outcome] = []
     t0 = time.monotonic()
     try:
         s.settimeout(timeout)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.connect((server_ip, 53))
-        t0 = time.monotonic()
-        s.sendall(struct.pack("!H", len(q)) + q)
-        hdr = s.recv(2, socket.MSG_WAITALL)
-        if len(hdr) < 2:
-            return Outcome("closed", [], time.monotonic() - t0)
-        msg = s.recv(struct.unpack("!H", hdr)[0], socket.MSG_WAITALL)
-        return parse_answer(msg, q, time.monotonic() - t0)
+        for i, name in enumerate(names):
+            q = dns_query(name, qid + i)
+            t0 = time.monotonic()
+            if split_prefix:
+                s.sendall(struct.pack("!H", len(q)))
+                time.sleep(0.05)
+                s.sendall(q)
+            else:
+                s.sendall(struct.pack("!H", len(q)) + q)
+            hdr = s.recv(2, socket.MSG_WAITALL)
+            if len(hdr) < 2:
+                out.append(Outcome("closed", [], time.monotonic() - t0))
+                return out
+            msg = s.recv(struct.unpack("!H", hdr)[0], socket.MSG_WAITALL)
+            out.append(parse_answer(msg, q, time.monotonic() - t0))
+        return out
     except (ConnectionResetError, BrokenPipeError) as e:
-        return Outcome("reset", [], time.monotonic() - t0, type(e).__name__)
+        out.append(Outcome("reset", [], time.monotonic() - t0, type(e).__name__))
+        return out
     except TimeoutError:
-        return Outcome("timeout", [], time.monotonic() - t0)
+        out.append(Outcome("timeout", [], time.monotonic() - t0))
+        return out
     finally:
         s.close()
 

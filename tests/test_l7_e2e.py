@@ -39,6 +39,7 @@ from l7net import (
     DNSAnswer,
     Outcome,
     dns_tcp,
+    dns_tcp_session,
     dns_udp,
     http_exchange,
     http_head,
@@ -324,6 +325,21 @@ def test_dns_names(node, objects):
                     problems.append(problem)
                 if verdict == "allow":
                     want_log.append(f"DNS {transport} {name}")
+        # several queries on one TCP connection: each is judged
+        c2 = node.pods["client2"]
+        got = dns_tcp_session(c2, dns.ip, ["www.cilium.io", "one.one.one.one"], 0x6000, timeout=TIMEOUT)
+        if [getattr(a, "addresses", None) for a in got] != [[RECORDS["www.cilium.io"]], [RECORDS["one.one.one.one"]]]:
+            problems.append(f"tcp, two allowed queries on one connection: {got}")
+        want_log += ["DNS tcp www.cilium.io", "DNS tcp one.one.one.one"]
+        got = dns_tcp_session(c2, dns.ip, ["api.cilium.io", "evil.example.org"], 0x6010, timeout=TIMEOUT)
+        if (len(got) != 2 or getattr(got[0], "addresses", None) != [RECORDS["api.cilium.io"]]
+                or getattr(got[1], "end", None) != "reset"):
+            problems.append(f"tcp, allowed then denied query on one connection: {got}")
+        want_log.append("DNS tcp api.cilium.io")
+        # the length prefix in a segment of its own cannot be judged: refused (reset), never let through
+        got = dns_tcp_session(c2, dns.ip, ["www.cilium.io"], 0x6020, timeout=TIMEOUT, split_prefix=True)
+        if [getattr(a, "end", None) for a in got] != ["reset"]:
+            problems.append(f"tcp, length prefix in its own segment: expected a reset, got {got}")
         # client is not selected by the policy: its queries are not judged
         ans = dns_udp(node.pods["client"], dns.ip, "evil.example.org", 0x7777, timeout=TIMEOUT)
         if not isinstance(ans, DNSAnswer) or ans.addresses != [RECORDS["evil.example.org"]]:
@@ -333,7 +349,7 @@ def test_dns_names(node, objects):
     seen = read_log(node.logs["coredns"])[before:]
     if seen != want_log:
         problems.append(f"the DNS server received {seen}, expected {want_log}")
-    STATS["scenarios"]["dns-names"] = {"requests": len(udp) + len(tcp) + 1, "problems": len(problems)}
+    STATS["scenarios"]["dns-names"] = {"requests": len(udp) + len(tcp) + 6, "problems": len(problems)}
     assert not problems, f"dns-names: {len(problems)} problem(s)\n  " + "\n  ".join(problems)
 
 
