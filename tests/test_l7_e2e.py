@@ -17,7 +17,10 @@ saw *and* what the server received (every server logs each request before answer
 
 Scenarios: cilium-cli's ``echo-ingress-l7`` (ingress rules: the server side's
 ``polc_to_ep``), ``client-egress-l7`` and ``client-egress-l7-method`` (egress rules: the
-client side's ``polc_from_ep``), each with evasion attempts, and a DNS name policy.
+client side's ``polc_from_ep``), each with evasion attempts, and a DNS name policy.  Two
+more runs check the answers the datapath builds: with both ends default-deny in the
+direction the reset travels (it must pass as a reply), and with checksum offload off (the
+client then verifies every checksum in software instead of trusting a partial one).
 Numbers (requests, reset latency) are printed by the last test (``pytest -s``).
 """
 
@@ -65,6 +68,7 @@ OBJECTS = {
     "client-egress-l7": ["client-egress-l7-http.yaml", "client-egress-only-dns.yaml"],
     "client-egress-l7-method": ["client-egress-l7-http-method.yaml", "client-egress-only-dns.yaml"],
     "dns-names": ["client-egress-dns-names.yaml"],
+    "echo-ingress-l7-isolated": ["echo-ingress-l7.yaml", "isolated-ends.yaml"],
 }
 RESET_WITHIN = 1.0   # a denied request must end in a reset this fast (seconds)
 DROP_TIMEOUT = 0.5   # connect timeout that shows an L3/L4 drop
@@ -253,6 +257,21 @@ def test_echo_ingress_l7(node, objects):
     ]
     with Loaded(node, objects["echo-ingress-l7"]):
         _run_requests(node, "echo-ingress-l7", reqs)
+
+
+def test_reset_is_a_reply_through_isolated_ends(node, objects):
+    """Echo egress and client ingress default-deny too: the reset still reaches the client
+    (it passes as a reply of the tracked connection), and what is allowed still works."""
+    reqs = [
+        Req("GET /public", "client2", "echo-same-node", get("/public"), "ok"),
+        Req("GET /private without token", "client2", "echo-same-node", get("/private"), "reset"),
+        Req("request line split across segments", "client2", "echo-other-node",
+            split(http_head("GET", "/public"), 7), "reset"),
+        Req("keep-alive: allowed, then denied", "client2", "echo-other-node",
+            get("/") + get("/other"), "reset", responses=1, served=("GET / HTTP/1.1",)),
+    ]
+    with Loaded(node, objects["echo-ingress-l7-isolated"]):
+        _run_requests(node, "echo-ingress-l7, isolated ends", reqs)
 
 
 def test_client_egress_l7(node, objects):
