@@ -34,7 +34,7 @@ __all__ = [
 DEFAULT_MAX_STATES = 4096
 # Intermediate automata (before minimisation) may be larger than the result; this bounds the
 # work without rejecting a language whose minimal DFA fits.
-_INTERMEDIATE_FACTOR = 16
+_INTERMEDIATE_FACTOR = 8
 MAX_NFA_STATES = 200_000
 
 
@@ -185,67 +185,109 @@ def _byte_partition(masks: Sequence[int]) -> list[int]:
     return sig
 
 
-def _subset(nfa: _NFA, start: int, accept: int, limit: int) -> tuple[list[list[int]], list[bool], list[int]]:
-    """Subset construction; returns (transitions over columns, accepting, byte->column)."""
-    byte_col = _byte_partition([m for es in nfa.edges for m, _ in es])
-    n_cols = max(byte_col) + 1
-    reps = [byte_col.index(c) for c in range(n_cols)]
-    # Per NFA state: column -> targets.
-    moves: list[dict[int, list[int]]] = []
-    for es in nfa.edges:
-        d: dict[int, list[int]] = defaultdict(list)
-        for mask, t in es:
-            for c, r in enumerate(reps):
-                if (mask >> r) & 1:
-                    d[c].append(t)
-        moves.append(d)
+def _closures(nfa: _NFA, accept: int, at_start_of: int) -> tuple[list[frozenset[int]], list[bool], tuple]:
+    """Epsilon closure of every NFA state, reduced to what a DFA state needs.
 
-    def closure(seeds: list[tuple[int, bool]], at_start: bool) -> frozenset[tuple[int, bool]]:
-        seen = set(seeds)
-        stack = list(seeds)
+    A DFA state is identified by the NFA states in it that have byte edges, plus whether it
+    accepts; anchors are resolved here.  ``$`` moves into an "ended" mode in which no byte may
+    be consumed, only acceptance reached; ``^`` is only passable from ``at_start_of`` before any
+    byte.  Returns per-state (byte-edge states, accepts) and the same for the start state.
+    """
+
+    def closure(q: int, at_start: bool) -> tuple[frozenset[int], bool]:
+        seen = {(q, False)}
+        stack = [(q, False)]
+        live: set[int] = set()
+        acc = False
         while stack:
-            q, ended = stack.pop()
-            nxt = [(t, ended) for t in nfa.eps[q]]
-            for kind, t in nfa.anchors[q]:
+            p, ended = stack.pop()
+            if p == accept:
+                acc = True
+            if not ended and nfa.edges[p]:
+                live.add(p)
+            nxt = [(t, ended) for t in nfa.eps[p]]
+            for kind, t in nfa.anchors[p]:
                 if kind == "end":
-                    nxt.append((t, True))  # from here on, no byte may be consumed
+                    nxt.append((t, True))
                 elif at_start:
                     nxt.append((t, ended))
             for item in nxt:
                 if item not in seen:
                     seen.add(item)
                     stack.append(item)
-        return frozenset(seen)
+        return frozenset(live), acc
 
-    dead: frozenset[tuple[int, bool]] = frozenset()
-    index: dict[frozenset[tuple[int, bool]], int] = {dead: 0}
+    n = len(nfa.eps)
+    live, acc = [], []
+    for q in range(n):
+        lv, ac = closure(q, False)
+        live.append(lv)
+        acc.append(ac)
+    return live, acc, closure(at_start_of, True)
+
+
+def _subset(nfa: _NFA, start: int, accept: int, limit: int) -> tuple[list[list[int]], list[bool], list[int]]:
+    """Subset construction; returns (transitions over columns, accepting, byte->column)."""
+    byte_col = _byte_partition([m for es in nfa.edges for m, _ in es])
+    n_cols = max(byte_col) + 1
+    reps = [byte_col.index(c) for c in range(n_cols)]
+    # Per NFA state with byte edges: column -> target states.
+    moves: dict[int, dict[int, list[int]]] = {}
+    for q, es in enumerate(nfa.edges):
+        if not es:
+            continue
+        d: dict[int, list[int]] = defaultdict(list)
+        for mask, t in es:
+            for c, r in enumerate(reps):
+                if (mask >> r) & 1:
+                    d[c].append(t)
+        moves[q] = d
+    live, acc, first = _closures(nfa, accept, start)
+
+    dead = (frozenset(), False)
+    index: dict[tuple[frozenset[int], bool], int] = {dead: 0}
     states = [dead]
-    first = closure([(start, False)], True)
     if first not in index:
         index[first] = 1
         states.append(first)
+    memo: dict[frozenset[int], int] = {frozenset(): 0}
     trans: list[list[int]] = []
     k = 0
     while k < len(states):
-        cur = states[k]
-        row = []
-        for c in range(n_cols):
-            seeds = sorted({(t, False) for q, ended in cur if not ended for t in moves[q].get(c, ())})
-            tgt = closure(seeds, False) if seeds else dead
-            j = index.get(tgt)
+        per_col: dict[int, set[int]] = defaultdict(set)
+        for q in states[k][0]:
+            for c, ts in moves[q].items():
+                per_col[c].update(ts)
+        row = [0] * n_cols
+        for c, ts in per_col.items():
+            key = frozenset(ts)
+            j = memo.get(key)
             if j is None:
-                if len(states) >= limit:
-                    raise _too_big(limit)
-                j = index[tgt] = len(states)
-                states.append(tgt)
-            row.append(j)
+                lv: set[int] = set()
+                ac = False
+                for t in ts:
+                    lv |= live[t]
+                    ac = ac or acc[t]
+                target = (frozenset(lv), ac)
+                j = index.get(target)
+                if j is None:
+                    if len(states) >= limit:
+                        raise _too_big(limit)
+                    j = index[target] = len(states)
+                    states.append(target)
+                memo[key] = j
+            row[c] = j
         trans.append(row)
         k += 1
-    accepting = [any(q == accept for q, _ in st) for st in states]
-    return trans, accepting, byte_col
+    return trans, [a for _, a in states], byte_col
 
 
 def _too_big(limit: int) -> CompileError:
+    if limit > 1 and limit % _INTERMEDIATE_FACTOR == 0:
+        return CompileError(
+            f"DFA needs more than {limit // _INTERMEDIATE_FACTOR} states "
+            f"(construction stopped at {limit} intermediate states)"
+        )
     return CompileError(f"DFA needs more than {limit} states")
 
 
@@ -380,8 +422,22 @@ def minimise(dfa: DFA, max_states: int = DEFAULT_MAX_STATES) -> DFA:
 # Front doors
 
 
+def _nfa_size(node: Node) -> int:
+    """Upper bound on the NFA states ``node`` expands to, checked before building."""
+    if isinstance(node, (Concat, Alternate)):
+        return sum(_nfa_size(x) for x in node.items) + len(node.items) + 1
+    if isinstance(node, Repeat):
+        copies = node.min + 1 if node.max is None else node.max
+        return (_nfa_size(node.item) + 2) * max(copies, 1) + 2
+    if isinstance(node, Embed):
+        return node.dfa.n_states + 1
+    return 1
+
+
 def compile_node(node: Node, max_states: int = DEFAULT_MAX_STATES) -> DFA:
     """The canonical DFA of a regex AST (whole-value match)."""
+    if _nfa_size(node) > MAX_NFA_STATES:
+        raise CompileError(f"regular expression too large (NFA needs more than {MAX_NFA_STATES} states)")
     nfa = _NFA()
     start, accept = nfa.new(), nfa.new()
     nfa.build(node, start, accept)
