@@ -11,9 +11,9 @@ language equality.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .errors import CompileError
 from .regex import Alternate, Anchor, ByteSet, Concat, Embed, Node, Repeat, parse
@@ -21,9 +21,9 @@ from .regex import Alternate, Anchor, ByteSet, Concat, Embed, Node, Repeat, pars
 __all__ = [
     "DEFAULT_MAX_STATES",
     "DFA",
-    "complement",
     "compile_node",
     "compile_regex",
+    "complement",
     "difference",
     "empty_language",
     "intersect",

@@ -19,9 +19,9 @@ compile) with attributes ``field`` (``"method"``, ``"path"``, ``"host"``, ``"hea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Sequence
+from functools import cache
 
 from .dfa import DEFAULT_MAX_STATES, DFA, compile_node, difference, empty_language, intersect, union
 from .errors import CompileError
@@ -104,7 +104,7 @@ _SEG_CHAR = ByteSet(_VCHAR.mask & ~sum(1 << b for b in b"/?#\\"))
 _QUERY_CHAR = ByteSet(_VCHAR.mask & ~(1 << ord("#")))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _target_dfa() -> DFA:
     """Origin-form targets whose path needs no normalisation (see module docstring)."""
     any_seg = compile_node(repeat(_SEG_CHAR, 0, None))
@@ -123,14 +123,14 @@ def _target_dfa() -> DFA:
     return compile_node(concat(path, repeat(query, 0, 1)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _trimmed_value_dfa() -> DFA:
     """Header values as seen after OWS trimming: no leading or trailing SP/HTAB."""
     inner = concat(_FIELD_NONWS, repeat(concat(repeat(_FIELD_BYTE, 0, None), _FIELD_NONWS), 0, 1))
     return compile_node(repeat(inner, 0, 1))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _token_dfa() -> DFA:
     return compile_node(_TOKEN)
 
@@ -286,15 +286,14 @@ def _check_dns_syntax(text: str, field: str, allowed: frozenset[str], rule_index
 
 def _is_match_all(pattern: str) -> bool:
     """``*``, ``**``, ``*.``, ``**.`` ...: Cilium's match-everything wildcard."""
-    body = pattern[:-1] if pattern.endswith(".") else pattern
+    body = pattern.removesuffix(".")
     return bool(body) and set(body) == {"*"}
 
 
 def _pattern_node(pattern: str) -> Node:
     if _is_match_all(pattern):
         return repeat(_LABELS, 0, 1)  # every name made of DNS characters, and the root
-    if pattern.endswith("."):
-        pattern = pattern[:-1]
+    pattern = pattern.removesuffix(".")
     items: list[Node] = []
     stars = len(pattern) - len(pattern.lstrip("*"))
     i = 0
@@ -322,7 +321,7 @@ def dns_match_dfa(m: DNSMatch, rule_index: int | None = None, max_states: int = 
     if m.name is not None:
         _check_dns_syntax(m.name, "matchName", _NAME_CHARS, rule_index)
         name = m.name.lower()
-        name = name[:-1] if name.endswith(".") else name
+        name = name.removesuffix(".")
         return compile_node(literal(name.encode("ascii")), max_states)
     pattern = m.pattern
     _check_dns_syntax(pattern, "matchPattern", _NAME_CHARS | {"*"}, rule_index)

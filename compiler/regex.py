@@ -18,24 +18,24 @@ pattern so the caller can point at the spot in its source file.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 from .errors import CompileError, UnsupportedError
 
 __all__ = [
     "ALL_BYTES",
-    "Anchor",
+    "EMPTY",
+    "MAX_REPEAT",
     "Alternate",
+    "Anchor",
     "ByteSet",
     "Concat",
-    "EMPTY",
     "Embed",
-    "MAX_REPEAT",
     "Node",
-    "Repeat",
     "RegexSyntaxError",
     "RegexUnsupportedError",
+    "Repeat",
     "alternate",
     "byte_range",
     "byte_set",
@@ -92,19 +92,19 @@ class ByteSet:
 
 @dataclass(frozen=True)
 class Concat:
-    items: tuple["Node", ...]
+    items: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Alternate:
-    items: tuple["Node", ...]
+    items: tuple[Node, ...]
 
 
 @dataclass(frozen=True)
 class Repeat:
     """``item`` repeated between ``min`` and ``max`` times (``max`` None: unbounded)."""
 
-    item: "Node"
+    item: Node
     min: int
     max: int | None
 
@@ -123,7 +123,7 @@ class Embed:
     dfa: object
 
 
-Node = Union[ByteSet, Concat, Alternate, Repeat, Anchor, Embed]
+Node = ByteSet | Concat | Alternate | Repeat | Anchor | Embed
 EMPTY = Concat(())
 
 
@@ -203,12 +203,12 @@ _FLAG_LETTERS = "imsU"
 class _Flags:
     """Flags in force inside one group; ``(?i)`` changes them for the rest of the group."""
 
-    __slots__ = ("i", "s", "m")
+    __slots__ = ("i", "m", "s")
 
     def __init__(self, i: bool = False, s: bool = False, m: bool = False):
         self.i, self.s, self.m = i, s, m
 
-    def copy(self) -> "_Flags":
+    def copy(self) -> _Flags:
         return _Flags(self.i, self.s, self.m)
 
 

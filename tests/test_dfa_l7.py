@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from polc.compiler.dfa import DFA
 from polc.compiler.errors import CompileError, UnsupportedError
 from polc.compiler.l7lang import DNSMatch, HTTPMatch, dns_name_dfa, http_head_dfa, parse_header_entry
