@@ -108,6 +108,8 @@ static __always_inline __u32 dns_question(struct polc_scratch *sc, __u32 len, __
 			sc->remain = c;
 			c = '.';
 		} else {
+			if (c == '.') /* a dot inside a label would make the joined name ambiguous */
+				return 0;
 			sc->remain -= 1;
 			if (c >= 'A' && c <= 'Z')
 				c += 'a' - 'A';

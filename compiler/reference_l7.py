@@ -11,8 +11,9 @@ case-insensitive, values trimmed of spaces and tabs).
 
 DNS: the query must be a standard query with one question; its name, lowercased without the
 trailing dot, must equal a ``matchName`` or match a ``matchPattern`` (``*`` is zero or more
-of ``[-a-z0-9_]`` within a label, a lone ``*`` matches every name, a leading ``**.`` any
-number of labels before the rest but not none).
+of ``[-a-z0-9_]`` within a label, a lone ``*`` matches every name of such characters, a
+leading ``**.`` any number of labels before the rest but not none); a label holding a dot
+makes the name ambiguous and the query is denied.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _target_is_plain(target: bytes) -> bool:
     path = target.split(b"?", 1)[0]
     if b"\\" in path or _NORMALISED_AWAY.search(path):
         return False
-    return not any(seg in (b".", b"..") for seg in path.split(b"/")[1:])
+    # Dot segments, and the ".;"/"..;" forms servlet containers read as them.
+    return not any(seg in (b".", b"..") or seg.startswith((b".;", b"..;")) for seg in path.split(b"/")[1:])
 
 
 def parse_http_head(payload: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
@@ -62,10 +64,14 @@ def _full(pattern: str | None, value: bytes) -> bool:
 
 
 def _header_present(entry: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """"Name": some line has that name.  "Name: value": exactly one line has that name, and
+    its value is ``value`` (so a decoy line with another value cannot stand in for it)."""
     name, sep, value = entry.partition(":")
     key = name.strip().lower().encode()
-    want = value.strip(" \t").encode() if sep else None
-    return any(n == key and (want is None or v == want) for n, v in headers)
+    values = [v for n, v in headers if n == key]
+    if not sep:
+        return bool(values)
+    return values == [value.strip(" \t").encode()]
 
 
 def http_allowed(rules, payload: bytes) -> bool:
@@ -103,7 +109,10 @@ def parse_dns_query(payload: bytes, tcp: bool) -> str | None:
             break
         if n > 63 or pos + n > len(payload):
             return None
-        labels.append(payload[pos:pos + n].decode("latin-1").lower())
+        label = payload[pos:pos + n].decode("latin-1").lower()
+        if "." in label:  # the joined name would be ambiguous
+            return None
+        labels.append(label)
         pos += n
     name = ".".join(labels)
     if not name or len(name) > 254 or pos + 4 > len(payload):
@@ -113,8 +122,8 @@ def parse_dns_query(payload: bytes, tcp: bool) -> str | None:
 
 def _pattern_regex(pattern: str) -> str:
     pattern = pattern.lower().rstrip(".")
-    if pattern == "*":
-        return r".*"
+    if pattern.rstrip(".") in ("*", "**"):  # every name made of DNS characters
+        return rf"(?:{_DNS_CHARS}+(?:\.{_DNS_CHARS}+)*)?"
     prefix = ""
     if pattern.startswith("**."):
         prefix, pattern = rf"(?:{_DNS_CHARS}+\.)+", pattern[3:]
