@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from common import Target, fmt_ns, machine, median_spread, save_json, table
+from common import Target, fmt_n, fmt_ns, machine, median_spread, save_json, table
 from prepare import Prepared, log
 
 from polc import abi
@@ -193,7 +193,7 @@ def render(results: list[dict]) -> str:
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([fmt_n(r["rules"]), "—", f"compile failed: {r['error']}"] + [""] * (len(KINDS)))
+            rows.append([f"~{r['rules']:,}", "—", "polc", f"compile failed: {r['error']}"] + [""] * (len(KINDS) - 1))
             continue
         for prog in ("polc", "floor", "linear"):
             got = r.get(prog)

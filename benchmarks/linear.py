@@ -216,7 +216,9 @@ class LinearProgram:
                 self._build(True)
                 return None
             except subprocess.CalledProcessError as e:
-                why = (e.stderr or str(e)).strip().splitlines()[-1][:200]
+                lines = (e.stderr or str(e)).strip().splitlines()
+                why = next((x for x in lines if "load failed" in x or "too large" in x or "Error" in x),
+                           lines[-1] if lines else str(e))[:200]
                 self.close()
         self._build(False)
         self.linear_loaded = False
