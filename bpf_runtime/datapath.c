@@ -337,13 +337,21 @@ static __always_inline struct polc_verdict *rule_verdict(const struct polc_ep_in
 		.peer_class = peer->peer_class,
 	};
 	__u32 *profile = bpf_map_lookup_elem(&polc_pairs, &pk);
-	if (!profile)
-		return 0;
+	if (!profile) { /* peer classes no rule singles out share the subject's default */
+		pk.peer_class = POLC_PEER_CLASS_ANY;
+		profile = bpf_map_lookup_elem(&polc_pairs, &pk);
+		if (!profile)
+			return 0;
+	}
 	__u32 idx = dir * POLC_NPROTO + f->pidx;
 	struct polc_port_classes *pc = bpf_map_lookup_elem(&polc_ports, &idx);
 	if (!pc)
 		return 0;
 	struct polc_verdict_key vk = { .profile = *profile, .port_class = pc->cls[f->pport], .proto = f->pidx };
+	struct polc_verdict *v = bpf_map_lookup_elem(&polc_verdicts, &vk);
+	if (v)
+		return v;
+	vk.port_class = POLC_PORT_CLASS_ANY; /* ports no rule singles out share the profile's default */
 	return bpf_map_lookup_elem(&polc_verdicts, &vk);
 }
 

@@ -55,6 +55,9 @@ struct polc_ep_info {
 	__u32 isolated_by[2];   /* per direction; 0 = not isolated, else the rule id that isolates */
 };
 
+#define POLC_PEER_CLASS_ANY 0      /* polc_pairs: the subject's default profile */
+#define POLC_PORT_CLASS_ANY 0xffff /* polc_verdicts: the profile's default verdict */
+
 struct polc_pair_key {
 	__u32 dir;
 	__u32 subject_class;

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from polc import abi
 
 from . import ir
+from .errors import CompileError
 from .l7 import build_l7
 from .identities import KIND_NODE, KIND_POD, KIND_WORLD, RESERVED_IDS, Entry, as_host, build_entries
 from .selectors import LabelIndex, iter_bits
@@ -235,20 +236,32 @@ def build_tables(policy: ir.PolicySet, inventory: ir.Inventory) -> Tables:
 
     profiles: dict = {}
     pairs: dict[tuple[int, int, int], int] = {}
+
+    def profile_of(d, rids, names) -> int:
+        key = tuple((rid, _kind(rule_by_id[rid]), _resolve_ports(rule_by_id[rid].ports, names)) for rid in rids)
+        key = tuple(k for k in key if k[2] != ())
+        return _intern(profiles, (int(d), key)) if key else 0
+
     for (d, sc), (rule_ids, subj_names) in sorted(subject_sig_of.items()):
-        related: dict[int, list[int]] = {}
+        # Rules for every peer (whose ports do not depend on the peer) form the subject's
+        # default profile, stored once under peer class 0 instead of once per peer class.
+        everywhere, related = [], {}
         for rid in rule_ids:
             rule = rule_by_id[rid]
+            if ir.PEER_ALL in rule.peers and (d == ir.Direction.INGRESS or not _has_named_ports(rule)):
+                everywhere.append(rid)
+                continue
             classes = set().union(*(atom_classes[atom_index[p]] for p in rule.peers)) if rule.peers else set()
             for pc in classes:
                 related.setdefault(pc, []).append(rid)
+        default = profile_of(d, everywhere, subj_names if d == ir.Direction.INGRESS else ())
+        if default:
+            pairs[(int(d), sc, abi.PEER_CLASS_ANY)] = default
         for pc, rids in sorted(related.items()):
             names = subj_names if d == ir.Direction.INGRESS else peer_sig_of[pc][1]
-            key = tuple((rid, _kind(rule_by_id[rid]), _resolve_ports(rule_by_id[rid].ports, names))
-                        for rid in rids)
-            key = tuple(k for k in key if k[2] != ())
-            if key:
-                pairs[(int(d), sc, pc)] = _intern(profiles, (int(d), key))
+            profile = profile_of(d, sorted(rids + everywhere), names)
+            if profile != default:
+                pairs[(int(d), sc, pc)] = profile
 
     port_classes, class_count, verdicts, l7_sets = _port_tables(profiles)
     l7_profiles, dfa_states, l7_info = build_l7(l7_sets, rule_by_id)
@@ -273,6 +286,18 @@ _L7 = 3  # the kind of an allow rule with L7 matchers, in profile keys
 _RANK = {ir.Action.DENY: 0, ir.Action.ALLOW: 1, _L7: 2}
 
 
+def _combine(a: tuple | None, b: tuple) -> tuple:
+    """Two (rank, rule, L7 rules) outcomes for one port: the better rank and rule, all L7 rules."""
+    if a is None:
+        return b
+    best = min((a[0], a[1]), (b[0], b[1]))
+    return (*best, a[2] | b[2])
+
+
+def _has_named_ports(rule: ir.Rule) -> bool:
+    return any(isinstance(p, ir.NamedPort) for p in rule.ports or ())
+
+
 def _kind(rule: ir.Rule):
     return _L7 if rule.l7 else rule.action
 
@@ -288,6 +313,10 @@ def _port_tables(profiles: dict):
                 if hi < proto_max(proto):  # the datapath never sees a larger port
                     s.add(hi + 1)
     starts = {k: sorted(v) for k, v in bounds.items()}
+    for (d, p), st in starts.items():
+        if len(st) >= abi.PORT_CLASS_ANY:
+            raise CompileError(f"the rules cut the {ir.Proto(p).name} port space into {len(st)} classes; "
+                               f"polc supports at most {abi.PORT_CLASS_ANY - 1}")
     port_classes: dict[tuple[int, int], array.array] = {}
     for k, st in starts.items():
         arr = array.array("H", bytes(131072))
@@ -297,24 +326,36 @@ def _port_tables(profiles: dict):
         port_classes[k] = arr
     verdicts: dict[tuple[int, int, int], tuple[int, int, int]] = {}
     l7_sets: dict[frozenset, int] = {}
+
+    def value(cell) -> tuple[int, int, int]:
+        rank, rid, l7_rules = cell
+        if rank == 2:  # only L7 allows cover this port: each request is judged
+            return (rid, abi.ACTION_L7, _intern(l7_sets, l7_rules))
+        # a deny wins; an L3/L4 allow of the same port and peer makes L7 rules moot
+        return (rid, abi.ACTION_DENY if rank == 0 else abi.ACTION_ALLOW, 0)
+
     for (d, key), profile in profiles.items():
-        # (class, proto) -> [rank, rule, L7 rules]; rank 0 deny, 1 allow, 2 allow with L7.
-        cells: dict[tuple[int, int], list] = {}
+        # Per protocol: `base` from the rules covering every port (stored once, under
+        # PORT_CLASS_ANY), `cells` per port class from the others (stored where they change
+        # the outcome).  Rules for every port never walk the classes one by one.
+        base: dict[int, tuple] = {}
+        cells: dict[tuple[int, int], tuple] = {}
         for rid, kind, ports in key:
-            rank = _RANK[kind]
+            cell = (_RANK[kind], rid, frozenset([rid]) if _RANK[kind] == 2 else frozenset())
             for proto, lo, hi in _ranges(ports):
-                st = starts[(d, int(proto))]
+                p = int(proto)
+                if lo == 0 and hi == proto_max(proto):
+                    base[p] = _combine(base.get(p), cell)
+                    continue
+                st = starts[(d, p)]
                 for c in range(bisect.bisect_right(st, lo) - 1, bisect.bisect_right(st, hi)):
-                    cell = cells.setdefault((c, int(proto)), [rank, rid, set()])
-                    if (rank, rid) < (cell[0], cell[1]):
-                        cell[0], cell[1] = rank, rid
-                    if rank == 2:
-                        cell[2].add(rid)
-        for (c, proto), (rank, rid, l7_rules) in cells.items():
-            if rank == 2:  # only L7 allows cover this port: each request is judged
-                verdicts[(profile, c, proto)] = (rid, abi.ACTION_L7, _intern(l7_sets, frozenset(l7_rules)))
-            else:  # a deny wins; an L3/L4 allow of the same port and peer makes L7 rules moot
-                verdicts[(profile, c, proto)] = (rid, abi.ACTION_DENY if rank == 0 else abi.ACTION_ALLOW, 0)
+                    cells[(c, p)] = _combine(cells.get((c, p)), cell)
+        for p, cell in base.items():
+            verdicts[(profile, abi.PORT_CLASS_ANY, p)] = value(cell)
+        for (c, p), cell in cells.items():
+            v = value(_combine(base.get(p), cell))
+            if p not in base or v != value(base[p]):
+                verdicts[(profile, c, p)] = v
     class_count = {k: len(v) for k, v in starts.items()}
     return port_classes, class_count, verdicts, [set_ for set_, _ in sorted(l7_sets.items(), key=lambda kv: kv[1])]
 

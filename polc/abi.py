@@ -56,6 +56,8 @@ IMAGE_VERSION = 1
 IMAGE_HEADER = struct.Struct("<4sIIII")  # magic, version, key_size, value_size, count
 
 DIR_INGRESS, DIR_EGRESS = 0, 1
+PEER_CLASS_ANY = 0  # polc_pairs: the subject's default profile, for peer classes without their own
+PORT_CLASS_ANY = 0xFFFF  # polc_verdicts: the profile's verdict for port classes without their own
 NPROTO = 6
 ACTION_ALLOW, ACTION_DENY, ACTION_L7 = 1, 2, 3
 L7_HTTP, L7_DNS = 1, 2

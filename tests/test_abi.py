@@ -14,7 +14,7 @@ import pytest
 from polc import abi
 
 HEADER = resources.files("polc.bpf_runtime").joinpath("polc_abi.h").read_text()
-DEFINES = dict(re.findall(r"^#define (POLC_\w+) (\d+)", HEADER, re.M))
+DEFINES = {k: int(v, 0) for k, v in re.findall(r"^#define (POLC_\w+) (0x[0-9a-f]+|\d+)", HEADER, re.M)}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def test_port_class_array_size(btf):
     ("POLC_ACTION_ALLOW", abi.ACTION_ALLOW), ("POLC_ACTION_DENY", abi.ACTION_DENY),
     ("POLC_ACTION_L7", abi.ACTION_L7), ("POLC_L7_HTTP", abi.L7_HTTP), ("POLC_L7_DNS", abi.L7_DNS),
     ("POLC_L7_MAX_BYTES", abi.L7_MAX_BYTES), ("POLC_DFA_CLASSES", abi.DFA_CLASSES),
+    ("POLC_PEER_CLASS_ANY", abi.PEER_CLASS_ANY), ("POLC_PORT_CLASS_ANY", abi.PORT_CLASS_ANY),
     ("POLC_DFA_REJECT", abi.DFA_REJECT), ("POLC_DFA_ACCEPT", abi.DFA_ACCEPT), ("POLC_DFA_DEAD", abi.DFA_DEAD),
 ])
 def test_constants_agree(name, value):
