@@ -151,8 +151,15 @@ class _Builder:
         return out
 
 
-def _yaml_error(file: str, lines: Sequence[str], exc: yaml.YAMLError) -> CompileError:
+def _yaml_error(file: str, lines: Sequence[str], exc: yaml.YAMLError, text: str = "") -> CompileError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if isinstance(exc, yaml.reader.ReaderError):  # a character the reader refuses: its index only
+        before = text[:exc.position]
+        line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        message = f"invalid YAML: character U+{ord(char):04X} is not allowed ({exc.reason})"
+        src = lines[line - 1] if 0 < line <= len(lines) else None
+        return CompileError(message, Location(file, line, col, src))
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
     message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
@@ -169,7 +176,7 @@ def load_text(text: str, file: str = "<string>") -> list[Document]:
     try:
         loader = _LOADER(text)  # the reader rejects non-printable characters already here
     except yaml.YAMLError as exc:
-        raise _yaml_error(file, lines, exc) from None
+        raise _yaml_error(file, lines, exc, text) from None
     docs: list[Document] = []
     errors: list[PolcError] = []
     try:
@@ -179,7 +186,7 @@ def load_text(text: str, file: str = "<string>") -> list[Document]:
             docs.extend(_to_documents(loader, node, file, index, lines, errors))
             index += 1
     except yaml.YAMLError as exc:
-        raise _yaml_error(file, lines, exc) from None
+        raise _yaml_error(file, lines, exc, text) from None
     finally:
         loader.dispose()
     raise_all(errors)
