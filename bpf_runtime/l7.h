@@ -4,9 +4,10 @@
  * connection-tracking entry, and every packet of the original direction that carries
  * payload is judged here.  The compiler builds one minimised DFA per profile that accepts
  * exactly the allowed inputs: for HTTP a complete request head (request line, headers,
- * empty line) and nothing after it, so a head split across segments, a second pipelined
- * request or an oversize head is rejected — never allowed by accident; for DNS the query
- * name, lowercased, labels joined by dots.
+ * empty line); the walk judges pipelined heads one after another and allows the segment only
+ * when every head in it is complete and allowed, so a head split across segments, a body or
+ * an oversize head is rejected — never allowed by accident; for DNS the query name,
+ * lowercased, labels joined by dots.
  *
  * A rejected HTTP request (or DNS over TCP) is answered with a TCP reset to the client and
  * never reaches the server; a rejected DNS query over UDP is answered with REFUSED.  Both
@@ -69,6 +70,14 @@ static __always_inline int dfa_accepts(const struct polc_l7_profile *prof, struc
 		st = bpf_map_lookup_elem(&polc_dfa, &state);
 		if (!st || st->accept == POLC_DFA_DEAD)
 			return 0;
+		if (st->accept == POLC_DFA_ACCEPT && prof->kind == POLC_L7_HTTP) {
+			/* One complete, allowed request head (no accepted head is a prefix of another);
+			 * what follows is a pipelined request: judge it from the start. */
+			state = prof->start;
+			st = bpf_map_lookup_elem(&polc_dfa, &state);
+			if (!st)
+				return 0;
+		}
 		__u8 cls = prof->classes[mem[(base + i) & WALK_MASK]];
 		state = st->next[cls & (POLC_DFA_CLASSES - 1)];
 	}

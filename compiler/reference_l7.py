@@ -1,8 +1,8 @@
 """Reference semantics of L7 rules, written directly (no DFAs): the specification that the
 kernel's DFA walk (``compiler/l7lang.py`` + ``bpf_runtime/l7.h``) is checked against.
 
-HTTP: a request is judged only when it is one complete HTTP/1.x request head in the bytes
-given, nothing before or after it; a target the server would normalise (absolute form, dot
+HTTP: the bytes given must be complete HTTP/1.x request heads, one after another (pipelined),
+nothing before, between or after them (no body), and each is judged; a target the server would normalise (absolute form, dot
 segments, percent-encoded ``.``, ``/`` or ``\\``), a malformed line, a second ``Host`` or an
 oversize head is denied.  Then a rule allows it when its method, path (the whole target,
 query included) and host regexes match the whole value (``re.fullmatch``) and every header
@@ -74,8 +74,28 @@ def _header_present(entry: str, headers: list[tuple[bytes, bytes]]) -> bool:
     return values == [value.strip(" \t").encode()]
 
 
+def split_heads(payload: bytes) -> list[bytes] | None:
+    """Pipelined request heads, each ending with its empty line; None if the bytes do not end
+    exactly at the end of a head (a split head, a body) or exceed the limit."""
+    if len(payload) > MAX_HEAD:
+        return None
+    heads, rest = [], payload
+    while rest:
+        end = rest.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        heads.append(rest[:end + 4])
+        rest = rest[end + 4:]
+    return heads or None
+
+
 def http_allowed(rules, payload: bytes) -> bool:
-    """Whether one of ``rules`` (models with method/path/host/headers) allows the request."""
+    """Whether ``rules`` (models with method/path/host/headers) allow every request in ``payload``."""
+    heads = split_heads(payload)
+    return heads is not None and all(_head_allowed(rules, h) for h in heads)
+
+
+def _head_allowed(rules, payload: bytes) -> bool:
     head = parse_http_head(payload)
     if head is None:
         return False

@@ -101,7 +101,10 @@ def run(engine, payload, port=80, proto="TCP", src=CLIENT, dst=SERVER):
     (http("GET", "/private", ["X-Very-Secret-Token: 420"]), ("deny", "l7-deny")),
     (http("GET", "/public/../private", ["X-Very-Secret-Token: 1"]), ("deny", "l7-deny")),
     (b"GET http://server/ HTTP/1.1\r\nHost: server\r\n\r\n", ("deny", "l7-deny")),   # absolute form
-    (http() + http("GET", "/private"), ("deny", "l7-deny")),                 # pipelined second request
+    (http() + http("GET", "/private"), ("deny", "l7-deny")),                 # pipelined denied request
+    (http() + http("POST", "/x"), ("allow", "l7-allow")),                    # pipelined, both allowed
+    (http() + b"GET /", ("deny", "l7-deny")),                                # pipelined, second incomplete
+    (http("POST", "/x") + b"body", ("deny", "l7-deny")),                     # a body: not judged, denied
     (b"GET / HTTP/1.1\r\nHost: ser", ("deny", "l7-deny")),                    # head split across segments
     (b"GET / HTTP/1.1\r\nHost: server\r\nX: " + b"a" * 1100 + b"\r\n\r\n", ("deny", "l7-deny")),  # oversize
 ])
