@@ -237,10 +237,18 @@ def build_tables(policy: ir.PolicySet, inventory: ir.Inventory) -> Tables:
     profiles: dict = {}
     pairs: dict[tuple[int, int, int], int] = {}
 
+    memo: dict[tuple, int] = {}
+
     def profile_of(d, rids, names) -> int:
-        key = tuple((rid, _kind(rule_by_id[rid]), _resolve_ports(rule_by_id[rid].ports, names)) for rid in rids)
-        key = tuple(k for k in key if k[2] != ())
-        return _intern(profiles, (int(d), key)) if key else 0
+        """The profile of a rule list (memoised: many pairs share their rules)."""
+        token = (d, tuple(rids), names)
+        found = memo.get(token)
+        if found is None:
+            key = tuple((rid, _kind(rule_by_id[rid]), _resolve_ports(rule_by_id[rid].ports, names))
+                        for rid in rids)
+            key = tuple(k for k in key if k[2] != ())
+            found = memo[token] = _intern(profiles, (int(d), key)) if key else 0
+        return found
 
     for (d, sc), (rule_ids, subj_names) in sorted(subject_sig_of.items()):
         # Rules for every peer (whose ports do not depend on the peer) form the subject's
