@@ -19,7 +19,6 @@ from collections import Counter
 from polc.compiler import ir
 from polc.compiler.identities import KIND_POD
 from polc.compiler.tables import Tables, _Builder, proto_max
-from polc.compiler.identities import build_entries
 
 ALL_PROTOS = (ir.Proto.TCP, ir.Proto.UDP, ir.Proto.SCTP)
 

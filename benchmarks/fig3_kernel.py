@@ -23,7 +23,6 @@ The floor and the linear program (``linear.py``) judge the same packets.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import random
 import struct
@@ -31,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from common import Target, fmt_n, fmt_ns, machine, median_spread, save_json, table
+from common import Target, fmt_ns, machine, median_spread, save_json, table
 from prepare import Prepared, log
 
 from polc import abi

@@ -321,7 +321,7 @@ def _port_tables(profiles: dict):
                 if hi < proto_max(proto):  # the datapath never sees a larger port
                     s.add(hi + 1)
     starts = {k: sorted(v) for k, v in bounds.items()}
-    for (d, p), st in starts.items():
+    for (_, p), st in starts.items():
         if len(st) >= abi.PORT_CLASS_ANY:
             raise CompileError(f"the rules cut the {ir.Proto(p).name} port space into {len(st)} classes; "
                                f"polc supports at most {abi.PORT_CLASS_ANY - 1}")
