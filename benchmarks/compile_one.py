@@ -60,12 +60,12 @@ def main() -> None:
         "rules": len(policy.rules), "identities": len({e.identity for e in tables.entries}),
         "pods": len(inventory.pods),
         "entries": {"ipcache": len(tables.entries), "pairs": len(tables.pairs), "verdicts": len(tables.verdicts),
-                    "ports": sum(1 for k, n in tables.port_class_count.items() if n > 1)},
+                    "ranges": len(tables.ranges)},
         "image_bytes": {k: len(v) for k, v in spec.images.items()},
         "object_bytes": len(data),
         "classes": {"subject": tables.subject_classes, "peer": tables.peer_class_count,
                     "profiles": tables.profile_count,
-                    "ports": sum(tables.port_class_count.values())},
+                    "groups": tables.peer_group_count, "ranges": len(tables.ranges)},
     }
     if a.cilium:
         from cilium_layout import count

@@ -5,10 +5,12 @@
  * images inside the object), and this code looks a packet up in a fixed number of steps,
  * whatever the number of rules:
  *
- *   address -> endpoint (LPM)        polc_ipcache   subject class, peer class, isolation
- *   (dir, subject, peer) -> profile  polc_pairs     which rule set applies between the two
- *   (dir, proto) -> port class       polc_ports     one array index
- *   (profile, proto, class) -> verdict polc_verdicts allow or deny, and the deciding rule
+ *   address -> endpoint              polc_hosts (hash of whole addresses), else polc_ipcache
+ *                                    (LPM of prefixes): subject class, peer class and group
+ *   (dir, subject, peer) -> profile  polc_pairs     which rule set applies between the two;
+ *                                    misses fall back to the peer's group, then the default
+ *   (profile, proto) -> intervals    polc_verdicts  the profile's port intervals in polc_ranges
+ *   port -> verdict                  polc_ranges    binary search: allow/deny, the deciding rule
  *
  * Connection tracking (polc_ct) lets replies and established connections through; it is
  * shared across policy versions by the runtime.  Until the loader has written the object's
@@ -31,8 +33,10 @@
  * this file. */
 #ifndef POLC_CAP_IPCACHE
 #define POLC_CAP_IPCACHE 8323073
+#define POLC_CAP_HOSTS 8323071
 #define POLC_CAP_PAIRS 8323079
 #define POLC_CAP_VERDICTS 8323081
+#define POLC_CAP_RANGES 8323077
 #define POLC_CAP_L7 8323087
 #define POLC_CAP_DFA 8323093
 #endif
@@ -51,24 +55,31 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, POLC_CAP_HOSTS);
+	__type(key, struct polc_host_key);
+	__type(value, struct polc_ep_info);
+} polc_hosts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, POLC_CAP_PAIRS);
 	__type(key, struct polc_pair_key);
 	__type(value, __u32);
 } polc_pairs SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2 * POLC_NPROTO);
-	__type(key, __u32);
-	__type(value, struct polc_port_classes);
-} polc_ports SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, POLC_CAP_VERDICTS);
 	__type(key, struct polc_verdict_key);
-	__type(value, struct polc_verdict);
+	__type(value, struct polc_range_list);
 } polc_verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, POLC_CAP_RANGES);
+	__type(key, __u32);
+	__type(value, struct polc_range);
+} polc_ranges SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -297,15 +308,33 @@ static __always_inline int finish(struct __sk_buff *skb, __u32 stage, __u32 rule
 	return verdict;
 }
 
-static __always_inline void ct_key(struct polc_ct_key *k, const struct flow *f, __u32 dir, int reverse)
+/* 1 when (daddr, dport) orders before (saddr, sport): the connection key is then the
+ * reverse of the packet's tuple (any fixed total order works; this one compares words). */
+static __always_inline __u32 ct_swapped(const struct flow *f)
 {
+	const __u64 *s = (const __u64 *)f->saddr, *d = (const __u64 *)f->daddr;
+
+	if (s[0] != d[0])
+		return d[0] < s[0];
+	if (s[1] != d[1])
+		return d[1] < s[1];
+	return f->dport < f->sport;
+}
+
+/* The connection key of a packet judged (or to be judged) in direction `dir`: a packet and
+ * its reply (the reverse tuple, seen in the other direction) give the same key. */
+static __always_inline __u32 ct_key(struct polc_ct_key *k, const struct flow *f, __u32 dir)
+{
+	__u32 swapped = ct_swapped(f);
+
 	__builtin_memset(k, 0, sizeof(*k));
-	__builtin_memcpy(k->saddr, reverse ? f->daddr : f->saddr, 16);
-	__builtin_memcpy(k->daddr, reverse ? f->saddr : f->daddr, 16);
-	k->sport = reverse ? f->dport : f->sport;
-	k->dport = reverse ? f->sport : f->dport;
+	__builtin_memcpy(k->saddr, swapped ? f->daddr : f->saddr, 16);
+	__builtin_memcpy(k->daddr, swapped ? f->saddr : f->daddr, 16);
+	k->sport = swapped ? f->dport : f->sport;
+	k->dport = swapped ? f->sport : f->dport;
 	k->proto = f->l4proto;
-	k->dir = dir;
+	k->dir = swapped ? !dir : dir;
+	return swapped;
 }
 
 #include "l7.h"
@@ -315,12 +344,18 @@ static __always_inline void track(const struct flow *f, __u32 dir, __u32 rule, _
 	struct polc_ct_key k;
 	struct polc_ct_entry e = { .created_ns = bpf_ktime_get_ns(), .rule = rule, .l7 = l7 };
 
-	ct_key(&k, f, dir, 0);
+	e.swapped = ct_key(&k, f, dir);
 	bpf_map_update_elem(&polc_ct, &k, &e, BPF_ANY);
 }
 
 static __always_inline struct polc_ep_info *endpoint(const __u8 *addr)
 {
+	struct polc_host_key h;
+
+	__builtin_memcpy(h.addr, addr, 16);
+	struct polc_ep_info *ep = bpf_map_lookup_elem(&polc_hosts, &h);
+	if (ep) /* a whole address is the longest prefix there is */
+		return ep;
 	struct polc_lpm_key k = { .prefixlen = 128 };
 
 	__builtin_memcpy(k.addr, addr, 16);
@@ -337,22 +372,35 @@ static __always_inline struct polc_verdict *rule_verdict(const struct polc_ep_in
 		.peer_class = peer->peer_class,
 	};
 	__u32 *profile = bpf_map_lookup_elem(&polc_pairs, &pk);
+	if (!profile && peer->peer_group) { /* only broad selectors single the peer out */
+		pk.peer_class = POLC_PEER_GROUP | peer->peer_group;
+		profile = bpf_map_lookup_elem(&polc_pairs, &pk);
+	}
 	if (!profile) { /* peer classes no rule singles out share the subject's default */
 		pk.peer_class = POLC_PEER_CLASS_ANY;
 		profile = bpf_map_lookup_elem(&polc_pairs, &pk);
 		if (!profile)
 			return 0;
 	}
-	__u32 idx = dir * POLC_NPROTO + f->pidx;
-	struct polc_port_classes *pc = bpf_map_lookup_elem(&polc_ports, &idx);
-	if (!pc)
+	struct polc_verdict_key vk = { .profile = *profile, .proto = f->pidx };
+	struct polc_range_list *list = bpf_map_lookup_elem(&polc_verdicts, &vk);
+	if (!list || !list->count)
 		return 0;
-	struct polc_verdict_key vk = { .profile = *profile, .port_class = pc->cls[f->pport], .proto = f->pidx };
-	struct polc_verdict *v = bpf_map_lookup_elem(&polc_verdicts, &vk);
-	if (v)
-		return v;
-	vk.port_class = POLC_PORT_CLASS_ANY; /* ports no rule singles out share the profile's default */
-	return bpf_map_lookup_elem(&polc_verdicts, &vk);
+	/* The last interval starting at or below the port: ranges[lo].lo <= port always
+	 * holds (a list starts at 0), and the answer stays in [lo, hi). */
+	__u32 lo = list->first, hi = list->first + list->count;
+	for (int i = 0; i < POLC_RANGE_SEARCH_STEPS && hi - lo > 1; i++) {
+		__u32 mid = lo + (hi - lo) / 2;
+		struct polc_range *r = bpf_map_lookup_elem(&polc_ranges, &mid);
+		if (!r)
+			return 0;
+		if (r->lo <= f->pport)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	struct polc_range *r = bpf_map_lookup_elem(&polc_ranges, &lo);
+	return r && r->v.action ? &r->v : 0;
 }
 
 static __always_inline int judge(struct __sk_buff *skb, __u32 dir)
@@ -377,16 +425,15 @@ static __always_inline int judge(struct __sk_buff *skb, __u32 dir)
 	if (f->pidx == POLC_PROTO_ICMPV6 && f->pport >= 133 && f->pport <= 137)
 		return finish(skb, POLC_STAGE_NEIGHBOR, 0, TC_ACT_OK);
 
-	int ingress = dir == POLC_DIR_INGRESS;
-	struct polc_ep_info *subject = endpoint(ingress ? f->daddr : f->saddr);
-	if (!subject || !subject->subject_class[dir])
-		return finish(skb, POLC_STAGE_NOT_POLICED, 0, TC_ACT_OK);
-
+	/* Connection tracking first: established connections and replies cost one lookup.
+	 * Only packets of policed endpoints ever create entries. */
 	__u32 l7, rule, stage;
 	struct polc_ct_key k;
-	ct_key(&k, f, dir, 0);
+	__u32 swapped = ct_key(&k, f, dir);
 	struct polc_ct_entry *ct = bpf_map_lookup_elem(&polc_ct, &k);
 	if (ct) {
+		if (ct->swapped != swapped) /* the reverse of the connection's first packet */
+			return finish(skb, POLC_STAGE_CT_REPLY, ct->rule, TC_ACT_OK);
 		if (!ct->l7)
 			return finish(skb, POLC_STAGE_CT_ESTABLISHED, ct->rule, TC_ACT_OK);
 		l7 = ct->l7;
@@ -394,10 +441,11 @@ static __always_inline int judge(struct __sk_buff *skb, __u32 dir)
 		stage = POLC_STAGE_CT_ESTABLISHED;
 		goto judge_l7;
 	}
-	ct_key(&k, f, !dir, 1);
-	ct = bpf_map_lookup_elem(&polc_ct, &k);
-	if (ct)
-		return finish(skb, POLC_STAGE_CT_REPLY, ct->rule, TC_ACT_OK);
+
+	int ingress = dir == POLC_DIR_INGRESS;
+	struct polc_ep_info *subject = endpoint(ingress ? f->daddr : f->saddr);
+	if (!subject || !subject->subject_class[dir])
+		return finish(skb, POLC_STAGE_NOT_POLICED, 0, TC_ACT_OK);
 
 	struct polc_ep_info *peer = endpoint(ingress ? f->saddr : f->daddr);
 	if (!peer) /* the tables always cover ::/0; a miss means they are damaged */

@@ -37,6 +37,11 @@ struct polc_scratch {
 	__u32 qend;      /* end of the DNS question, 0 if none */
 	__u32 walk_base; /* offset of the DFA input in this struct */
 	__u32 walk_len;  /* its length */
+	/* Never used.  They put the complete types that struct __sk_buff points to into the
+	 * object's BTF; otherwise LLVM emits forward declarations for them in an order that
+	 * varies from run to run, and the same policy would not give the same bytes. */
+	struct bpf_flow_keys btf_flow_keys[0];
+	struct bpf_sock btf_sock[0];
 };
 
 #define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))

@@ -42,9 +42,15 @@
 #define POLC_STAGE_L7_ALLOW 12    /* a request an L7 rule allows */
 #define POLC_STAGE_L7_DENY 13     /* a request no L7 rule allows: answered (reset, REFUSED) or dropped */
 
-/* Address to endpoint.  IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d). */
+/* Address to endpoint.  IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d).  Whole
+ * addresses (/128, IPv4 /32) live in the polc_hosts hash, prefixes in the polc_ipcache LPM
+ * trie: one hash lookup finds a pod or node whatever the number of prefixes. */
 struct polc_lpm_key {
 	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+struct polc_host_key {
 	__u8 addr[16];
 };
 
@@ -53,10 +59,11 @@ struct polc_ep_info {
 	__u32 peer_class;
 	__u32 subject_class[2]; /* per direction; 0 = not an endpoint polc guards */
 	__u32 isolated_by[2];   /* per direction; 0 = not isolated, else the rule id that isolates */
+	__u32 peer_group;       /* 0, or the group of broad peer selectors the address matches */
 };
 
 #define POLC_PEER_CLASS_ANY 0      /* polc_pairs: the subject's default profile */
-#define POLC_PORT_CLASS_ANY 0xffff /* polc_verdicts: the profile's default verdict */
+#define POLC_PEER_GROUP 0x80000000 /* polc_pairs: peer_class = POLC_PEER_GROUP | group */
 
 struct polc_pair_key {
 	__u32 dir;
@@ -64,23 +71,34 @@ struct polc_pair_key {
 	__u32 peer_class;
 };
 
-/* Port to port class: key = dir * POLC_NPROTO + proto, value = one class per port (or ICMP type). */
-struct polc_port_classes {
-	__u16 cls[65536];
-};
-
+/* (profile, protocol) -> the profile's port intervals for that protocol: entries
+ * first .. first + count - 1 of polc_ranges, sorted by their first port (the first one
+ * starts at 0).  The port (or ICMP type) a packet carries falls in the last interval that
+ * starts at or below it; a binary search finds it.  Intervals come from the profile's own
+ * rules only, so a wide port range costs one interval, however many other rules cut it. */
 struct polc_verdict_key {
 	__u32 profile;
-	__u16 port_class;
 	__u8 proto;
-	__u8 pad;
+	__u8 pad[3];
+};
+
+struct polc_range_list {
+	__u32 first;
+	__u32 count;
 };
 
 struct polc_verdict {
 	__u32 rule;
-	__u32 action;
-	__u32 l7; /* with POLC_ACTION_L7: index into polc_l7 */
+	__u32 action; /* 0: no rule covers the interval */
+	__u32 l7;     /* with POLC_ACTION_L7: index into polc_l7 */
 };
+
+struct polc_range {
+	__u32 lo; /* first port of the interval */
+	struct polc_verdict v;
+};
+
+#define POLC_RANGE_SEARCH_STEPS 17 /* a list has at most 65,536 intervals */
 
 struct polc_l7_profile {
 	__u32 kind;  /* POLC_L7_HTTP or POLC_L7_DNS */
@@ -95,20 +113,25 @@ struct polc_dfa_state {
 	__u32 accept;                 /* POLC_DFA_REJECT, _ACCEPT or _DEAD */
 };
 
+/* A connection is stored once, under the orientation of its tuple with the smaller
+ * (address, port) first: a packet and its reply find the same entry with one lookup, and
+ * `swapped` of the entry against the packet's tells which of the two the packet is. */
 struct polc_ct_key {
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u16 sport;
 	__u16 dport;
 	__u8 proto; /* IP protocol number */
-	__u8 dir;
+	__u8 dir;   /* the direction the connection was judged in, in this orientation */
 	__u8 pad[2];
 };
 
 struct polc_ct_entry {
 	__u64 created_ns;
 	__u32 rule;
-	__u32 l7; /* 0, or the polc_l7 profile that judges each request of the connection */
+	__u32 l7;      /* 0, or the polc_l7 profile that judges each request of the connection */
+	__u32 swapped; /* 1: the key is the reverse of the connection's first packet */
+	__u32 pad;
 };
 
 #endif

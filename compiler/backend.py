@@ -24,8 +24,10 @@ from .tables import Tables
 # Placeholders in datapath.c / datapath.ll and the table whose size replaces each.
 CAPACITY_PLACEHOLDERS = {
     abi.MAP_IPCACHE: ("POLC_CAP_IPCACHE", 8323073),
+    abi.MAP_HOSTS: ("POLC_CAP_HOSTS", 8323071),
     abi.MAP_PAIRS: ("POLC_CAP_PAIRS", 8323079),
     abi.MAP_VERDICTS: ("POLC_CAP_VERDICTS", 8323081),
+    abi.MAP_RANGES: ("POLC_CAP_RANGES", 8323077),
     abi.MAP_L7: ("POLC_CAP_L7", 8323087),
     abi.MAP_DFA: ("POLC_CAP_DFA", 8323093),
 }
@@ -50,26 +52,30 @@ class ObjectSpec:
 
 
 def _images(t: Tables) -> dict[str, bytes]:
-    ipcache = sorted((abi.lpm_key(e.network), abi.EP_INFO.pack(*v)) for e, v in zip(t.entries, t.entry_values))
+    addresses: dict[str, list] = {abi.MAP_IPCACHE: [], abi.MAP_HOSTS: []}
+    for e, v in zip(t.entries, t.entry_values):
+        name, key = abi.address_record(abi.lpm_key(e.network))
+        addresses[name].append((key, abi.EP_INFO.pack(*v)))
     pairs = sorted((abi.PAIR_KEY.pack(*k), abi.PAIR_VALUE.pack(v)) for k, v in t.pairs.items())
-    # An all-zero array (one class for the whole port space) is what the map holds anyway.
-    ports = sorted((abi.PORTS_KEY.pack(d * abi.NPROTO + p), arr.tobytes())
-                   for (d, p), arr in t.port_classes.items() if t.port_class_count[(d, p)] > 1)
     verdicts = sorted((abi.VERDICT_KEY.pack(*k), abi.VERDICT_VALUE.pack(*v)) for k, v in t.verdicts.items())
+    ranges = [(abi.RANGE_KEY.pack(i), abi.RANGE_VALUE.pack(*v)) for i, v in enumerate(t.ranges)]
     l7 = [(abi.L7_KEY.pack(i), abi.L7_VALUE.pack(*v)) for i, v in enumerate(t.l7_profiles)]
     dfa = [(abi.DFA_KEY.pack(i), abi.DFA_VALUE.pack(*v)) for i, v in enumerate(t.dfa_states)]
     return {
         abi.MAP_L7: abi.pack_image(abi.L7_KEY.size, abi.L7_VALUE.size, l7),
         abi.MAP_DFA: abi.pack_image(abi.DFA_KEY.size, abi.DFA_VALUE.size, dfa),
-        abi.MAP_IPCACHE: abi.pack_image(abi.LPM_KEY.size, abi.EP_INFO.size, ipcache),
+        abi.MAP_IPCACHE: abi.pack_image(abi.LPM_KEY.size, abi.EP_INFO.size, sorted(addresses[abi.MAP_IPCACHE])),
+        abi.MAP_HOSTS: abi.pack_image(abi.HOST_KEY.size, abi.EP_INFO.size, sorted(addresses[abi.MAP_HOSTS])),
         abi.MAP_PAIRS: abi.pack_image(abi.PAIR_KEY.size, abi.PAIR_VALUE.size, pairs),
-        abi.MAP_PORTS: abi.pack_image(abi.PORTS_KEY.size, abi.PORTS_VALUE_SIZE, ports),
         abi.MAP_VERDICTS: abi.pack_image(abi.VERDICT_KEY.size, abi.VERDICT_VALUE.size, verdicts),
+        abi.MAP_RANGES: abi.pack_image(abi.RANGE_KEY.size, abi.RANGE_VALUE.size, ranges),
     }
 
 
 def _capacities(t: Tables) -> dict[str, int]:
-    caps = {abi.MAP_IPCACHE: len(t.entries), abi.MAP_PAIRS: len(t.pairs), abi.MAP_VERDICTS: len(t.verdicts),
+    whole = sum(1 for e in t.entries if e.network.prefixlen == e.network.max_prefixlen)
+    caps = {abi.MAP_IPCACHE: len(t.entries) - whole, abi.MAP_HOSTS: whole, abi.MAP_PAIRS: len(t.pairs), abi.MAP_VERDICTS: len(t.verdicts),
+            abi.MAP_RANGES: len(t.ranges),
             abi.MAP_L7: len(t.l7_profiles), abi.MAP_DFA: len(t.dfa_states)}
     for name, n in caps.items():
         if n > MAX_ENTRIES:
@@ -113,9 +119,9 @@ def _meta(t: Tables, sources: list[dict], images: dict[str, bytes], version: str
         "classes": {
             "subject": {"ingress": t.subject_classes[0], "egress": t.subject_classes[1]},
             "peer": t.peer_class_count,
+            "peer_groups": t.peer_group_count,
             "profiles": t.profile_count,
-            "ports": {f"{'ingress' if d == 0 else 'egress'}/{p}": n
-                      for (d, p), n in sorted(t.port_class_count.items())},
+            "port_intervals": len(t.ranges),
         },
         "l7": {
             "limits": {"request_head_bytes": abi.L7_MAX_BYTES, "dns_name_bytes": 255,

@@ -2,20 +2,25 @@
 
 Per packet the datapath does a fixed number of lookups whatever the number of rules:
 
-1. address -> LPM entry -> (identity, peer class, subject class per direction, isolation);
+1. address -> entry -> (identity, peer class, subject class per direction, isolation, peer group);
 2. (direction, subject class, peer class) -> profile, the rule set that applies between them;
-3. (direction, protocol, port) -> port class, one array index;
-4. (profile, protocol, port class) -> allow/deny and the deciding rule.
+   a miss falls back to (subject class, peer group), then to the subject's default;
+3. (profile, protocol) -> the profile's port intervals; a binary search over them gives
+   allow/deny and the deciding rule.
 
 Classes group what the rules cannot tell apart: endpoints with the same applicable rules
 share a subject class, addresses that match the same peer selectors share a peer class, and
-ports between the same rule boundaries share a port class.  The identity x port cross
+ports between the same boundaries of a profile's rules share an interval.  The identity x port cross
 product is never built: entries grow with classes and profiles.
+
+Broad peer selectors (``namespaceSelector: env In (prod)`` matches most of a cluster) would
+relate every subject that uses them to most peer classes.  Their rules are stored per *peer
+group* instead: peer classes that match the same broad selectors share a group, so such a
+rule costs one pair per group, not one per peer class.
 """
 
 from __future__ import annotations
 
-import array
 import bisect
 from dataclasses import dataclass, field
 
@@ -50,15 +55,15 @@ class Tables:
     """The decision tables plus what reports need to explain them."""
 
     entries: list[Entry]
-    entry_values: list[tuple[int, int, int, int, int, int]]  # polc_ep_info per entry
+    entry_values: list[tuple[int, ...]]  # polc_ep_info per entry
     host_values: dict[str, list[tuple[Entry, tuple]]]  # node -> its entries seen as host
     pairs: dict[tuple[int, int, int], int]  # (dir, subject class, peer class) -> profile
-    port_classes: dict[tuple[int, int], array.array]  # (dir, proto) -> class per port
-    port_class_count: dict[tuple[int, int], int]
-    verdicts: dict[tuple[int, int, int], tuple[int, int, int]]  # (profile, class, proto) -> (rule, action, l7)
+    verdicts: dict[tuple[int, int], tuple[int, int]]  # (profile, proto) -> (first, count) in ranges
+    ranges: list[tuple[int, int, int, int]]  # port intervals: (first port, rule, action, l7)
     rules: list[dict]  # id-ordered descriptions of rules, isolations and implicit rules
     subject_classes: list[int] = field(default_factory=list)  # count per direction
     peer_class_count: int = 0
+    peer_group_count: int = 0  # groups of broad selectors, group 0 (none) not counted
     profile_count: int = 0
     # polc_l7 rows (kind, start state, rule, pad, classes) and polc_dfa rows (next x 64, accept);
     # index 0 of polc_l7 is unused (0 means "no L7" in verdicts and connection tracking).
@@ -174,6 +179,30 @@ class _Builder:
         return self.isolated[direction][self.label_pos[pod.labels]]
 
 
+# An atom is broad when it matches at least this many peer classes; broad atoms are taken
+# (largest first) while the peer groups they cut stay at most MAX_PEER_GROUPS.
+BROAD_MIN_CLASSES = 32
+MAX_PEER_GROUPS = 128
+
+
+def _peer_groups(atom_classes: dict[int, set], peer_classes: list[int]) -> tuple[set[int], dict[int, int]]:
+    """The broad atoms and each peer class's group (0: matches no broad atom)."""
+    broad: list[int] = []
+    member: dict[int, tuple] = {pc: () for pc in peer_classes}
+    for atom in sorted(atom_classes, key=lambda i: (-len(atom_classes[i]), i)):
+        classes = atom_classes[atom]
+        if len(classes) < BROAD_MIN_CLASSES:
+            break
+        trial = {pc: sig + (atom,) if pc in classes else sig for pc, sig in member.items()}
+        if len(set(trial.values())) > MAX_PEER_GROUPS:
+            continue
+        broad.append(atom)
+        member = trial
+    groups: dict[tuple, int] = {(): 0}
+    group_of = {pc: groups.setdefault(sig, len(groups)) for pc, sig in sorted(member.items())}
+    return set(broad), group_of
+
+
 def _intern(table: dict, key) -> int:
     """Class numbering: first come, first numbered, from 1."""
     if key not in table:
@@ -233,52 +262,79 @@ def build_tables(policy: ir.PolicySet, inventory: ir.Inventory) -> Tables:
         for i in matched:
             atom_classes[i].add(pc)
     atom_index = {a: i for i, a in enumerate(b.atoms)}
+    broad, group_of = _peer_groups(atom_classes, list(peer_sig_of))
+    atom_groups = {i: {group_of[pc] for pc in atom_classes[i]} for i in broad}
+    values = [v + (group_of[v[1]],) for v in values]
+    host_values = {n: [(h, v + (group_of[v[1]],)) for h, v in items] for n, items in host_values.items()}
 
     profiles: dict = {}
     pairs: dict[tuple[int, int, int], int] = {}
 
     memo: dict[tuple, int] = {}
+    resolved: dict[tuple, tuple] = {}
+
+    def rule_part(rid: int, names: tuple) -> tuple:
+        """(rule id, kind, ports with named ports resolved); memoised, names are few."""
+        found = resolved.get((rid, names))
+        if found is None:
+            rule = rule_by_id[rid]
+            found = resolved[(rid, names)] = (rid, _kind(rule), _resolve_ports(rule.ports, names))
+        return found
 
     def profile_of(d, rids, names) -> int:
         """The profile of a rule list (memoised: many pairs share their rules)."""
         token = (d, tuple(rids), names)
         found = memo.get(token)
         if found is None:
-            key = tuple((rid, _kind(rule_by_id[rid]), _resolve_ports(rule_by_id[rid].ports, names))
-                        for rid in rids)
-            key = tuple(k for k in key if k[2] != ())
+            key = tuple(k for k in (rule_part(rid, names) for rid in rids) if k[2] != ())
             found = memo[token] = _intern(profiles, (int(d), key)) if key else 0
         return found
 
     for (d, sc), (rule_ids, subj_names) in sorted(subject_sig_of.items()):
         # Rules for every peer (whose ports do not depend on the peer) form the subject's
         # default profile, stored once under peer class 0 instead of once per peer class.
-        everywhere, related = [], {}
+        # Rules whose ports depend on the peer (egress named ports) are related per peer
+        # class; the others through broad atoms per peer group.
+        everywhere, related, grouped = [], {}, {}
+        ingress = d == ir.Direction.INGRESS
         for rid in rule_ids:
             rule = rule_by_id[rid]
-            if ir.PEER_ALL in rule.peers and (d == ir.Direction.INGRESS or not _has_named_ports(rule)):
+            per_peer = not ingress and _has_named_ports(rule)
+            if ir.PEER_ALL in rule.peers and not per_peer:
                 everywhere.append(rid)
                 continue
-            classes = set().union(*(atom_classes[atom_index[p]] for p in rule.peers)) if rule.peers else set()
-            for pc in classes:
-                related.setdefault(pc, []).append(rid)
-        default = profile_of(d, everywhere, subj_names if d == ir.Direction.INGRESS else ())
+            for p in rule.peers:
+                atom = atom_index[p]
+                if atom in broad and not per_peer:
+                    for g in atom_groups[atom]:
+                        grouped.setdefault(g, set()).add(rid)
+                    continue
+                for pc in atom_classes[atom]:
+                    related.setdefault(pc, set()).add(rid)
+        default = profile_of(d, everywhere, subj_names if ingress else ())
         if default:
             pairs[(int(d), sc, abi.PEER_CLASS_ANY)] = default
-        for pc, rids in sorted(related.items()):
-            names = subj_names if d == ir.Direction.INGRESS else peer_sig_of[pc][1]
-            profile = profile_of(d, sorted(rids + everywhere), names)
+        fallback = {}
+        for g, rids in sorted(grouped.items()):
+            profile = fallback[g] = profile_of(d, sorted(rids.union(everywhere)), subj_names if ingress else ())
             if profile != default:
+                pairs[(int(d), sc, abi.PEER_GROUP | g)] = profile
+        for pc, rids in sorted(related.items()):
+            g = group_of[pc]
+            names = subj_names if ingress else peer_sig_of[pc][1]
+            profile = profile_of(d, sorted(rids.union(everywhere, grouped.get(g, ()))), names)
+            if profile != fallback.get(g, default):
                 pairs[(int(d), sc, pc)] = profile
 
-    port_classes, class_count, verdicts, l7_sets = _port_tables(profiles)
+    verdicts, ranges, l7_sets = _range_tables(profiles)
     l7_profiles, dfa_states, l7_info = build_l7(l7_sets, rule_by_id)
     rules = _rule_descriptions(b)
     return Tables(
         entries=entries, entry_values=values, host_values=host_values, pairs=pairs,
-        port_classes=port_classes, port_class_count=class_count, verdicts=verdicts, rules=rules,
+        verdicts=verdicts, ranges=ranges, rules=rules,
         subject_classes=[len(subject_classes[d]) for d in ir.Direction],
-        peer_class_count=len(peer_classes), profile_count=len(profiles),
+        peer_class_count=len(peer_classes), peer_group_count=len(set(group_of.values()) - {0}),
+        profile_count=len(profiles),
         l7_profiles=l7_profiles, dfa_states=dfa_states, l7_info=l7_info,
     )
 
@@ -310,62 +366,53 @@ def _kind(rule: ir.Rule):
     return _L7 if rule.l7 else rule.action
 
 
-def _port_tables(profiles: dict):
-    """Cut each (direction, protocol) port space at every rule boundary, then fill verdicts."""
-    bounds: dict[tuple[int, int], set[int]] = {}
-    for (d, key) in profiles:
-        for _, _, ports in key:
-            for proto, lo, hi in _ranges(ports):
-                s = bounds.setdefault((d, int(proto)), {0})
-                s.add(lo)
-                if hi < proto_max(proto):  # the datapath never sees a larger port
-                    s.add(hi + 1)
-    starts = {k: sorted(v) for k, v in bounds.items()}
-    for (_, p), st in starts.items():
-        if len(st) >= abi.PORT_CLASS_ANY:
-            raise CompileError(f"the rules cut the {ir.Proto(p).name} port space into {len(st)} classes; "
-                               f"polc supports at most {abi.PORT_CLASS_ANY - 1}")
-    port_classes: dict[tuple[int, int], array.array] = {}
-    for k, st in starts.items():
-        arr = array.array("H", bytes(131072))
-        for c, lo in enumerate(st):
-            hi = st[c + 1] if c + 1 < len(st) else 65536
-            arr[lo:hi] = array.array("H", [c]) * (hi - lo)
-        port_classes[k] = arr
-    verdicts: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+def _range_tables(profiles: dict):
+    """Per (profile, protocol): the profile's own port intervals and their verdicts.
+
+    Each interval list is cut at the profile's rule boundaries only (not at every rule's),
+    so a wide range costs one interval however many other rules cut the port space.
+    Identical lists are stored once.
+    """
+    heads: dict[tuple[int, int], tuple[int, int]] = {}
+    ranges: list[tuple[int, int, int, int]] = []
+    stored: dict[tuple, int] = {}
     l7_sets: dict[frozenset, int] = {}
 
     def value(cell) -> tuple[int, int, int]:
+        if cell is None:
+            return (0, 0, 0)  # no rule covers the interval
         rank, rid, l7_rules = cell
         if rank == 2:  # only L7 allows cover this port: each request is judged
             return (rid, abi.ACTION_L7, _intern(l7_sets, l7_rules))
         # a deny wins; an L3/L4 allow of the same port and peer makes L7 rules moot
         return (rid, abi.ACTION_DENY if rank == 0 else abi.ACTION_ALLOW, 0)
 
-    for (d, key), profile in profiles.items():
-        # Per protocol: `base` from the rules covering every port (stored once, under
-        # PORT_CLASS_ANY), `cells` per port class from the others (stored where they change
-        # the outcome).  Rules for every port never walk the classes one by one.
-        base: dict[int, tuple] = {}
-        cells: dict[tuple[int, int], tuple] = {}
+    for (_, key), profile in profiles.items():
+        per_proto: dict[int, list] = {}
         for rid, kind, ports in key:
             cell = (_RANK[kind], rid, frozenset([rid]) if _RANK[kind] == 2 else frozenset())
             for proto, lo, hi in _ranges(ports):
-                p = int(proto)
-                if lo == 0 and hi == proto_max(proto):
-                    base[p] = _combine(base.get(p), cell)
-                    continue
-                st = starts[(d, p)]
-                for c in range(bisect.bisect_right(st, lo) - 1, bisect.bisect_right(st, hi)):
-                    cells[(c, p)] = _combine(cells.get((c, p)), cell)
-        for p, cell in base.items():
-            verdicts[(profile, abi.PORT_CLASS_ANY, p)] = value(cell)
-        for (c, p), cell in cells.items():
-            v = value(_combine(base.get(p), cell))
-            if p not in base or v != value(base[p]):
-                verdicts[(profile, c, p)] = v
-    class_count = {k: len(v) for k, v in starts.items()}
-    return port_classes, class_count, verdicts, [set_ for set_, _ in sorted(l7_sets.items(), key=lambda kv: kv[1])]
+                per_proto.setdefault(int(proto), []).append((lo, hi, cell))
+        for p, items in sorted(per_proto.items()):
+            top = proto_max(ir.Proto(p))
+            cuts = sorted({0}.union(*(((lo, hi + 1) if hi < top else (lo,)) for lo, hi, _ in items)))
+            cells: list = [None] * len(cuts)
+            for lo, hi, cell in items:
+                for c in range(bisect.bisect_left(cuts, lo), bisect.bisect_right(cuts, hi)):
+                    cells[c] = _combine(cells[c], cell)
+            rows, last = [], None
+            for lo, cell in zip(cuts, cells):
+                v = value(cell)
+                if v != last:
+                    rows.append((lo, *v))
+                    last = v
+            rows = tuple(rows)
+            first = stored.get(rows)
+            if first is None:
+                first = stored[rows] = len(ranges)
+                ranges.extend(rows)
+            heads[(profile, p)] = (first, len(rows))
+    return heads, ranges, [set_ for set_, _ in sorted(l7_sets.items(), key=lambda kv: kv[1])]
 
 
 def _origin_dict(origin: ir.Origin) -> dict:

@@ -19,9 +19,9 @@ is never 0 (the value of an unwritten ``polc_ctrl``).
 images), ``sources`` (``{file, role, sha256}``), ``rules`` (``{id, action, direction, file,
 line, col, policy, where}``; ids are what the datapath reports in ``cb[1]``),
 ``identities``, ``endpoints``, ``classes``, and ``nodes``: ``{node: {"host": [[key_hex,
-value_hex], ...], "remote": [...]}}``, two views of the same ``polc_ipcache`` keys (the
-node's own addresses).  The image holds the "remote" view; a loader on node N writes N's
-"host" records over it.
+value_hex], ...], "remote": [...]}}``, two views of the same address records (the node's
+own addresses; keys are ``polc_lpm_key``s, stored where :func:`address_record` says).  The
+images hold the "remote" view; a loader on node N writes N's "host" records over it.
 
 The datapath writes the stage (``STAGES``; 0 = not written) to ``skb->cb[0]`` and the
 deciding rule id (0 = none) to ``cb[1]``; both are meaningful when it returned TC_ACT_OK (0)
@@ -38,9 +38,10 @@ PROG_TO_EP = "polc_to_ep"
 PROGRAMS = (PROG_FROM_EP, PROG_TO_EP)
 
 MAP_IPCACHE = "polc_ipcache"
+MAP_HOSTS = "polc_hosts"
 MAP_PAIRS = "polc_pairs"
-MAP_PORTS = "polc_ports"
 MAP_VERDICTS = "polc_verdicts"
+MAP_RANGES = "polc_ranges"
 MAP_L7 = "polc_l7"
 MAP_DFA = "polc_dfa"
 MAP_CTRL = "polc_ctrl"
@@ -57,7 +58,7 @@ IMAGE_HEADER = struct.Struct("<4sIIII")  # magic, version, key_size, value_size,
 
 DIR_INGRESS, DIR_EGRESS = 0, 1
 PEER_CLASS_ANY = 0  # polc_pairs: the subject's default profile, for peer classes without their own
-PORT_CLASS_ANY = 0xFFFF  # polc_verdicts: the profile's verdict for port classes without their own
+PEER_GROUP = 0x80000000  # polc_pairs: peer_class = PEER_GROUP | group, for peers only broad selectors match
 NPROTO = 6
 ACTION_ALLOW, ACTION_DENY, ACTION_L7 = 1, 2, 3
 L7_HTTP, L7_DNS = 1, 2
@@ -82,13 +83,15 @@ STAGES = {
 }
 
 LPM_KEY = struct.Struct("<I16s")
-EP_INFO = struct.Struct("<IIIIII")  # identity, peer_class, subject[2], isolated_by[2]
+HOST_KEY = struct.Struct("<16s")
+EP_INFO = struct.Struct("<IIIIIII")  # identity, peer_class, subject[2], isolated_by[2], peer_group
 PAIR_KEY = struct.Struct("<III")
 PAIR_VALUE = struct.Struct("<I")
-PORTS_KEY = struct.Struct("<I")
-PORTS_VALUE_SIZE = 65536 * 2
-VERDICT_KEY = struct.Struct("<IHBx")
-VERDICT_VALUE = struct.Struct("<III")
+VERDICT_KEY = struct.Struct("<IB3x")  # profile, proto
+VERDICT_VALUE = struct.Struct("<II")  # polc_range_list: first, count
+RANGE_KEY = struct.Struct("<I")
+RANGE_VALUE = struct.Struct("<IIII")  # polc_range: lo, rule, action, l7
+RANGE_SEARCH_STEPS = 17
 L7_KEY = struct.Struct("<I")
 L7_VALUE = struct.Struct("<IIII256s")
 DFA_KEY = struct.Struct("<I")
@@ -96,7 +99,7 @@ DFA_VALUE = struct.Struct(f"<{DFA_CLASSES}II")
 CTRL_KEY = struct.Struct("<I")
 CTRL_VALUE = struct.Struct("<Q")
 CT_KEY = struct.Struct("<16s16sHHBBxx")
-CT_VALUE = struct.Struct("<QII")
+CT_VALUE = struct.Struct("<QIIII")
 
 
 def lpm_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:
@@ -105,6 +108,13 @@ def lpm_key(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:
         addr = ipaddress.IPv6Address("::ffff:" + str(network.network_address)).packed
         return LPM_KEY.pack(96 + network.prefixlen, addr)
     return LPM_KEY.pack(network.prefixlen, network.network_address.packed)
+
+
+def address_record(key: bytes) -> tuple[str, bytes]:
+    """Where a ``polc_lpm_key`` record lives: whole addresses in ``polc_hosts`` (keyed by the
+    address alone), shorter prefixes in the ``polc_ipcache`` trie."""
+    prefixlen, addr = LPM_KEY.unpack(key)
+    return (MAP_HOSTS, HOST_KEY.pack(addr)) if prefixlen == 128 else (MAP_IPCACHE, key)
 
 
 def addr16(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:

@@ -65,7 +65,7 @@ def cmd_compile(args) -> int:
     print(f"polc: wrote {args.output} ({len(data)} bytes): {len(compiled.policy.rules)} rules, "
           f"{sum(1 for e in t.entries if e.pod)} endpoint addresses, {t.subject_classes[0]}/{t.subject_classes[1]} "
           f"subject classes (in/eg), {t.peer_class_count} peer classes, {t.profile_count} profiles, "
-          f"{len(t.pairs)} pair and {len(t.verdicts)} verdict entries", file=sys.stderr)
+          f"{len(t.pairs)} pair, {len(t.verdicts)} verdict and {len(t.ranges)} port interval entries", file=sys.stderr)
     return EXIT_OK
 
 

@@ -60,8 +60,8 @@ def render(info: dict) -> str:
         ["name", "type", "key", "value", "max", "entries", "bytes"])
     c = info["classes"]
     out += ["", f"classes     subject ingress {c['subject']['ingress']}, egress {c['subject']['egress']}; "
-                f"peer {c['peer']}; profiles {c['profiles']}"]
-    out += [f"            port classes {k}: {v}" for k, v in c["ports"].items()]
+                f"peer {c['peer']} in {c['peer_groups']} broad groups; profiles {c['profiles']}; "
+                f"port intervals {c['port_intervals']}"]
     l7 = info["l7"]
     if l7["limits"]:
         lim = l7["limits"]

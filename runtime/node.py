@@ -287,7 +287,7 @@ def _read_object(path: str) -> _Object:
         raise ObjectError(path, f"not a polc object (no {abi.META_SECTION} section)",
                           "build it with `polc compile`")
     missing = [p for p in abi.PROGRAMS if p not in obj.programs]
-    missing += [m for m in (abi.MAP_IPCACHE, abi.MAP_PAIRS, abi.MAP_PORTS, abi.MAP_VERDICTS, abi.MAP_CTRL,
+    missing += [m for m in (abi.MAP_IPCACHE, abi.MAP_HOSTS, abi.MAP_PAIRS, abi.MAP_VERDICTS, abi.MAP_RANGES, abi.MAP_CTRL,
                             abi.MAP_CT) if m not in obj.maps]
     if missing:
         raise ObjectError(path, f"not a polc datapath object: missing {', '.join(missing)}",
@@ -296,7 +296,7 @@ def _read_object(path: str) -> _Object:
 
 
 def _host_records(obj: _Object, node: str | None) -> list[tuple[bytes, bytes]]:
-    """The ``polc_ipcache`` records that make ``node``'s addresses the host identity."""
+    """The address records (``polc_lpm_key``, ``polc_ep_info``) that make ``node``'s addresses the host."""
     if node is None:
         return []
     nodes = obj.obj.meta.get("nodes") or {}
@@ -312,9 +312,9 @@ def _load_collection(obj: _Object, node: str | None, reuse: dict[str, int] | Non
     records = _host_records(obj, node)
     coll = Collection.load(obj.obj, reuse_maps=reuse, generation=False)
     try:
-        ipcache = coll.map(abi.MAP_IPCACHE)
         for key, value in records:
-            ipcache.update(key, value)
+            name, map_key = abi.address_record(key)
+            coll.map(name).update(map_key, value)
         coll.write_generation()
     except BaseException:
         coll.close()

@@ -8,7 +8,7 @@ decided in ``skb->cb[0]`` (stage) and ``cb[1]`` (rule id), read back from ``ctx_
 
 Identities depend on where a program runs: a node's own addresses are "host" there and
 "remote-node" elsewhere.  Before each program run the engine writes the records of the
-node local to that run (``meta["nodes"]``) into ``polc_ipcache``.  Connection tracking is
+node local to that run (``meta["nodes"]``) into the address maps.  Connection tracking is
 flushed before each flow so that flows are independent.
 """
 
@@ -218,7 +218,7 @@ class KernelEngine:
     """Runs flows through a loaded polc :class:`Collection`.
 
     ``meta`` defaults to the collection's ``.polc.meta``.  The engine keeps track of
-    which node's view ``polc_ipcache`` holds and rewrites it only when that changes.
+    which node's view the address maps hold and rewrites them only when that changes.
     """
 
     def __init__(self, collection: Collection, meta: dict | None = None):
@@ -228,7 +228,7 @@ class KernelEngine:
         self.rules = {r["id"]: r for r in self.meta.get("rules") or [] if isinstance(r, dict) and "id" in r}
         self._from = collection.program(abi.PROG_FROM_EP)
         self._to = collection.program(abi.PROG_TO_EP)
-        self._ipcache = collection.map(abi.MAP_IPCACHE) if self.nodes else None
+        self._addresses = bool(self.nodes)
         self._ct = collection.maps.get(abi.MAP_CT)
         self._local = _UNSET
         self._node_keys = {bytes.fromhex(k) for n in self.nodes.values()
@@ -268,8 +268,8 @@ class KernelEngine:
         return ProgramRun(program.name, node, result.retval, stage, stage_id, rule_id, rule)
 
     def set_local_node(self, node: str | None) -> None:
-        """Make ``polc_ipcache`` show the cluster as ``node`` sees it (``None``: from outside)."""
-        if self._ipcache is None or node == self._local:
+        """Make the address maps show the cluster as ``node`` sees it (``None``: from outside)."""
+        if not self._addresses or node == self._local:
             return
         want: dict[bytes, bytes] = {}
         for name, records in self.nodes.items():
@@ -277,8 +277,14 @@ class KernelEngine:
             for key, value in records.get(part, []):
                 want[bytes.fromhex(key)] = bytes.fromhex(value)
         for key in self._node_keys - set(want):
-            self._ipcache.delete(key)
-        self._ipcache.update_batch(sorted(want.items()))
+            name, map_key = abi.address_record(key)
+            self.collection.map(name).delete(map_key)
+        by_map: dict[str, list] = {}
+        for key, value in sorted(want.items()):
+            name, map_key = abi.address_record(key)
+            by_map.setdefault(name, []).append((map_key, value))
+        for name, records in sorted(by_map.items()):
+            self.collection.map(name).update_batch(records)
         self._local = node
 
 

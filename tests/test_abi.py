@@ -30,7 +30,8 @@ def btf():
 
 @pytest.mark.parametrize("struct_name,packer", [
     ("polc_lpm_key", abi.LPM_KEY), ("polc_ep_info", abi.EP_INFO), ("polc_pair_key", abi.PAIR_KEY),
-    ("polc_verdict_key", abi.VERDICT_KEY), ("polc_verdict", abi.VERDICT_VALUE), ("polc_ct_key", abi.CT_KEY),
+    ("polc_host_key", abi.HOST_KEY), ("polc_verdict_key", abi.VERDICT_KEY), ("polc_range_list", abi.VERDICT_VALUE),
+    ("polc_range", abi.RANGE_VALUE), ("polc_ct_key", abi.CT_KEY),
     ("polc_ct_entry", abi.CT_VALUE), ("polc_l7_profile", abi.L7_VALUE), ("polc_dfa_state", abi.DFA_VALUE),
 ])
 def test_struct_sizes_agree(btf, struct_name, packer):
@@ -41,18 +42,13 @@ def test_struct_sizes_agree(btf, struct_name, packer):
     assert t.ref == packer.size
 
 
-def test_port_class_array_size(btf):
-    from polc.runtime.btf import KIND_STRUCT
-
-    assert btf.find("polc_port_classes", KIND_STRUCT).ref == abi.PORTS_VALUE_SIZE
-
-
 @pytest.mark.parametrize("name,value", [
     ("POLC_DIR_INGRESS", abi.DIR_INGRESS), ("POLC_DIR_EGRESS", abi.DIR_EGRESS), ("POLC_NPROTO", abi.NPROTO),
     ("POLC_ACTION_ALLOW", abi.ACTION_ALLOW), ("POLC_ACTION_DENY", abi.ACTION_DENY),
     ("POLC_ACTION_L7", abi.ACTION_L7), ("POLC_L7_HTTP", abi.L7_HTTP), ("POLC_L7_DNS", abi.L7_DNS),
     ("POLC_L7_MAX_BYTES", abi.L7_MAX_BYTES), ("POLC_DFA_CLASSES", abi.DFA_CLASSES),
-    ("POLC_PEER_CLASS_ANY", abi.PEER_CLASS_ANY), ("POLC_PORT_CLASS_ANY", abi.PORT_CLASS_ANY),
+    ("POLC_PEER_CLASS_ANY", abi.PEER_CLASS_ANY), ("POLC_PEER_GROUP", abi.PEER_GROUP),
+    ("POLC_RANGE_SEARCH_STEPS", abi.RANGE_SEARCH_STEPS),
     ("POLC_DFA_REJECT", abi.DFA_REJECT), ("POLC_DFA_ACCEPT", abi.DFA_ACCEPT), ("POLC_DFA_DEAD", abi.DFA_DEAD),
 ])
 def test_constants_agree(name, value):

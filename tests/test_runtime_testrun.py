@@ -26,8 +26,8 @@ TCP, UDP, SCTP, ICMP, ICMPV6 = range(5)
 INGRESS, EGRESS = abi.DIR_INGRESS, abi.DIR_EGRESS
 
 
-def ep(identity, peer, subject=(0, 0), isolated=(0, 0)) -> bytes:
-    return abi.EP_INFO.pack(identity, peer, *subject, *isolated)
+def ep(identity, peer, subject=(0, 0), isolated=(0, 0), group=0) -> bytes:
+    return abi.EP_INFO.pack(identity, peer, *subject, *isolated, group)
 
 
 def host_key(ip: str) -> bytes:
@@ -39,6 +39,9 @@ IPCACHE = [
     (host_key("fd00::1/128"), ep(100, 1, (1, 1))),
     (host_key("10.0.0.2/32"), ep(200, 2, (2, 2), (7, 0))),  # isolated for ingress by rule 7
     (host_key("fd00::2/128"), ep(200, 2, (2, 2), (7, 0))),
+    (host_key("10.0.0.3/32"), ep(300, 4, (0, 1), group=1)),  # only a broad selector (group 1) matches it
+    (host_key("10.0.0.4/32"), ep(400, 5, (0, 1), group=1)),  # ... and a rule of its own
+    (host_key("10.9.0.0/16"), ep(16777217, 10, (0, 1), group=1)),  # a prefix in group 1
     (host_key("::/0"), ep(2, 9)),  # world
 ]
 NODES = {
@@ -48,37 +51,50 @@ NODES = {
 PAIRS = [
     (abi.PAIR_KEY.pack(INGRESS, 2, 1), abi.PAIR_VALUE.pack(5)),  # into B from A: profile 5
     (abi.PAIR_KEY.pack(INGRESS, 2, 3), abi.PAIR_VALUE.pack(6)),  # into B from the local host: profile 6
+    (abi.PAIR_KEY.pack(INGRESS, 2, abi.PEER_GROUP | 1), abi.PAIR_VALUE.pack(5)),  # from group 1: profile 5
+    (abi.PAIR_KEY.pack(INGRESS, 2, 5), abi.PAIR_VALUE.pack(6)),  # peer class 5 over its group: profile 6
 ]
-PORT_CLASSES = {TCP: {80: 1, 22: 2}, UDP: {53: 1}, SCTP: {9: 1}, ICMP: {8: 1}, ICMPV6: {128: 1}}
-VERDICTS = [
-    *[(abi.VERDICT_KEY.pack(5, 1, p), abi.VERDICT_VALUE.pack(7, abi.ACTION_ALLOW, 0)) for p in PORT_CLASSES],
-    (abi.VERDICT_KEY.pack(5, 2, TCP), abi.VERDICT_VALUE.pack(9, abi.ACTION_DENY, 0)),
-    (abi.VERDICT_KEY.pack(6, 0, TCP), abi.VERDICT_VALUE.pack(8, abi.ACTION_ALLOW, 0)),
-]
+# Profile 5: rule 7 allows TCP 80, UDP 53, SCTP 9, ICMP echo request, ICMPv6 echo request;
+# rule 9 denies TCP 22.  Profile 6: rule 8 allows every TCP port but 80.  Intervals per
+# (profile, protocol): (first port, rule, action, l7); action 0 = no rule.
+ALLOW, DENY = abi.ACTION_ALLOW, abi.ACTION_DENY
+INTERVALS = {
+    (5, TCP): [(0, 0, 0, 0), (22, 9, DENY, 0), (23, 0, 0, 0), (80, 7, ALLOW, 0), (81, 0, 0, 0)],
+    (5, UDP): [(0, 0, 0, 0), (53, 7, ALLOW, 0), (54, 0, 0, 0)],
+    (5, SCTP): [(0, 0, 0, 0), (9, 7, ALLOW, 0), (10, 0, 0, 0)],
+    (5, ICMP): [(0, 0, 0, 0), (8, 7, ALLOW, 0), (9, 0, 0, 0)],
+    (5, ICMPV6): [(0, 0, 0, 0), (128, 7, ALLOW, 0), (129, 0, 0, 0)],
+    (6, TCP): [(0, 8, ALLOW, 0), (80, 0, 0, 0), (81, 8, ALLOW, 0)],
+}
+
+
+def interval_images() -> tuple[bytes, bytes]:
+    lists, ranges = [], []
+    for key, rows in INTERVALS.items():
+        lists.append((abi.VERDICT_KEY.pack(*key), abi.VERDICT_VALUE.pack(len(ranges), len(rows))))
+        ranges += [(abi.RANGE_KEY.pack(len(ranges) + i), abi.RANGE_VALUE.pack(*row)) for i, row in enumerate(rows)]
+    return (abi.pack_image(abi.VERDICT_KEY.size, abi.VERDICT_VALUE.size, sorted(lists)),
+            abi.pack_image(abi.RANGE_KEY.size, abi.RANGE_VALUE.size, ranges))
 RULES = [{"id": 7, "name": "allow-from-a"}, {"id": 8, "name": "allow-host"}, {"id": 9, "name": "deny-ssh"}]
-
-
-def ports_image() -> bytes:
-    records = []
-    for proto, classes in PORT_CLASSES.items():
-        value = bytearray(abi.PORTS_VALUE_SIZE)
-        for port, cls in classes.items():
-            struct.pack_into("<H", value, 2 * port, cls)
-        records.append((abi.PORTS_KEY.pack(INGRESS * abi.NPROTO + proto), bytes(value)))
-    return abi.pack_image(abi.PORTS_KEY.size, abi.PORTS_VALUE_SIZE, records)
 
 
 @pytest.fixture(scope="module")
 def datapath_obj(tmp_path_factory):
-    caps = [f"-DPOLC_CAP_{n}=64" for n in ("IPCACHE", "PAIRS", "VERDICTS", "L7", "DFA")]
+    caps = [f"-DPOLC_CAP_{n}=64" for n in ("IPCACHE", "HOSTS", "PAIRS", "VERDICTS", "RANGES", "L7", "DFA")]
     path = compile_bpf(tmp_path_factory.mktemp("dp"), DATAPATH.read_text(), "datapath",
                        extra=[*caps, f"-DPOLC_GENERATION={GENERATION}", f"-I{DATAPATH.parent}"])
     meta = {"generation": GENERATION, "rules": RULES, "nodes": NODES}
+    # Whole addresses go to polc_hosts except 10.0.0.1, which stays in the trie: both work.
+    maps: dict[str, list] = {abi.MAP_IPCACHE: [], abi.MAP_HOSTS: []}
+    for key, value in IPCACHE:
+        name, map_key = abi.address_record(key) if key != host_key("10.0.0.1/32") else (abi.MAP_IPCACHE, key)
+        maps[name].append((map_key, value))
     add_sections(path, {
-        ".polc.img.polc_ipcache": abi.pack_image(abi.LPM_KEY.size, abi.EP_INFO.size, sorted(IPCACHE)),
+        ".polc.img.polc_ipcache": abi.pack_image(abi.LPM_KEY.size, abi.EP_INFO.size, sorted(maps[abi.MAP_IPCACHE])),
+        ".polc.img.polc_hosts": abi.pack_image(abi.HOST_KEY.size, abi.EP_INFO.size, sorted(maps[abi.MAP_HOSTS])),
         ".polc.img.polc_pairs": abi.pack_image(abi.PAIR_KEY.size, abi.PAIR_VALUE.size, PAIRS),
-        ".polc.img.polc_ports": ports_image(),
-        ".polc.img.polc_verdicts": abi.pack_image(abi.VERDICT_KEY.size, abi.VERDICT_VALUE.size, VERDICTS),
+        ".polc.img.polc_verdicts": interval_images()[0],
+        ".polc.img.polc_ranges": interval_images()[1],
         ".polc.meta": json.dumps(meta).encode(),
     })
     return ObjectFile.from_path(path)
@@ -107,6 +123,10 @@ def stages(result):
     (Flow("10.0.0.1", "10.0.0.2", "ICMP"), "allow", ("allow-rule", 7)),
     (Flow("10.0.0.1", "10.0.0.2", "ICMP", icmp_type=13), "deny", ("default-deny", 7)),
     (Flow("fd00::1", "fd00::2", "ICMPv6"), "allow", ("allow-rule", 7)),
+    (Flow("10.0.0.3", "10.0.0.2", "TCP", 80), "allow", ("allow-rule", 7)),  # the group's profile
+    (Flow("10.9.1.2", "10.0.0.2", "TCP", 22), "deny", ("deny-rule", 9)),
+    (Flow("10.0.0.4", "10.0.0.2", "TCP", 80), "deny", ("default-deny", 7)),  # its class's own profile wins
+    (Flow("10.0.0.4", "10.0.0.2", "TCP", 443), "allow", ("allow-rule", 8)),
 ])
 def test_flows(engine, flow, verdict, to_ep):
     result = engine.run(flow)
