@@ -17,6 +17,7 @@ from importlib import resources
 
 from polc import abi
 
+from . import elfwrite
 from .errors import CompileError
 from .l7 import MAX_DFA_STATES
 from .tables import Tables
@@ -165,44 +166,39 @@ def _specialise(template: str, spec: ObjectSpec) -> str:
     return text
 
 
-_ESCAPE = [chr(b) if 32 <= b < 127 and b not in (34, 92) else f"\\{b:02X}" for b in range(256)]
+# Flags of the image and metadata sections: SHF_ALLOC, as clang gives them in the object
+# built from the audit C (--emit-c) and as they had when LLVM emitted them.  libbpf skips
+# unknown data sections whatever their flags.  Not SHF_GNU_RETAIN (LLVM added it for
+# `llvm.used`): it only matters to a linker's --gc-sections, and it is a GNU OS/ABI
+# extension, which made LLVM mark the whole object ELFOSABI_GNU.
+POLC_SECTION_FLAGS = elfwrite.SHF_ALLOC
 
 
-def _llvm_bytes(blob: bytes) -> str:
-    return 'c"' + "".join(map(_ESCAPE.__getitem__, blob)) + '"'
-
-
-def _sections_ir(template: str, spec: ObjectSpec) -> str:
-    """A module of constants placed in the image and metadata sections."""
-    header = [line for line in template.splitlines() if line.startswith(("target datalayout", "target triple"))]
-    lines = list(header)
-    names = []
-    for i, (section, blob) in enumerate(spec.sections.items()):
-        name = f"@polc_section_{i}"
-        names.append(name)
-        lines.append(f'{name} = internal constant [{len(blob)} x i8] {_llvm_bytes(blob)}, '
-                     f'section "{section}", align 8')
-    used = ", ".join(f"ptr {n}" for n in names)
-    lines.append(f'@llvm.used = appending global [{len(names)} x ptr] [{used}], section "llvm.metadata"')
-    return "\n".join(lines) + "\n"
-
-
-def emit_object(spec: ObjectSpec) -> bytes:
-    """Compile the specialised datapath and the table sections to a BPF ELF object."""
+def datapath_object(spec: ObjectSpec) -> bytes:
+    """The specialised datapath compiled by LLVM: an object without the table sections."""
     import llvmlite.binding as llvm
 
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    template = datapath_ir()
     try:
-        module = llvm.parse_assembly(_specialise(template, spec))
-        module.link_in(llvm.parse_assembly(_sections_ir(template, spec)))
+        module = llvm.parse_assembly(_specialise(datapath_ir(), spec))
         module.verify()
     except RuntimeError as e:
         raise CompileError(f"LLVM rejected the generated module: {e}") from None
     target = llvm.Target.from_triple("bpfel")
     machine = target.create_target_machine(opt=2, reloc="static", codemodel="small")
     return bytes(machine.emit_object(module))
+
+
+def emit_object(spec: ObjectSpec) -> bytes:
+    """Compile the specialised datapath to a BPF ELF object and add the table sections.
+
+    LLVM sees only the datapath; the images and metadata, which can run to hundreds of
+    MB, are appended as raw bytes by :mod:`polc.compiler.elfwrite`.
+    """
+    sections = [elfwrite.Section(name, blob, flags=POLC_SECTION_FLAGS, align=8)
+                for name, blob in spec.sections.items()]
+    return elfwrite.append_sections(datapath_object(spec), sections)
 
 
 # -- C for audit -----------------------------------------------------------------------
