@@ -25,6 +25,15 @@ def main() -> None:
     ap.add_argument("--variant", metavar="OUT2.o", help="also write the same tables with another generation")
     a = ap.parse_args()
 
+    from polc.compiler.pipeline import batch_gc
+
+    with batch_gc():  # as `polc compile` does
+        out = run(a)
+    print(json.dumps(out))
+
+
+def run(a: argparse.Namespace) -> dict:
+    """Compile stage by stage; the report as a dict."""
     import polc
     from polc.compiler.backend import emit_object, object_spec
     from polc.compiler.inventory import load_inventory
@@ -80,7 +89,7 @@ def main() -> None:
         import pickle
         with open(a.dump, "wb") as f:
             pickle.dump((policy, inventory), f, protocol=pickle.HIGHEST_PROTOCOL)
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import polc
 
@@ -33,8 +36,29 @@ def _sources(paths: list[str], role: str) -> list[dict]:
     return out
 
 
+@contextlib.contextmanager
+def batch_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a compile builds millions of objects.
+
+    A compile makes next to no reference cycles, but CPython's collector would walk the
+    whole (growing) heap again and again: at 100,000 rules that was a third of the time.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def compile_paths(policy_paths: list[str], cluster_paths: list[str]) -> Compiled:
     """Compile policy files and directories against inventory files; raises PolcError."""
+    with batch_gc():
+        return _compile(policy_paths, cluster_paths)
+
+
+def _compile(policy_paths: list[str], cluster_paths: list[str]) -> Compiled:
     policies = load_policies(policy_paths)
     inventory = load_inventory(cluster_paths) if cluster_paths else ir.Inventory()
     policy_set = lower(policies)
