@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, model_validator
 from . import ir
 from .errors import PolcError, raise_all
 from .frontends.common import Model, Str, check_port_name, fail, validate
-from .source import Document, load_paths
+from .source import Document, gc_paused, load_paths
 
 CLUSTER_NAME = "default"
 NS_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -136,11 +136,13 @@ class NodeObj(_Inv):
 _MODELS = {"Namespace": NamespaceObj, "Pod": PodObj, "Node": NodeObj}
 
 
+@gc_paused()
 def load_inventory(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> ir.Inventory:
     """Load inventory files/directories into an ``ir.Inventory`` (positioned errors)."""
     return build_inventory(load_paths(paths))
 
 
+@gc_paused()
 def build_inventory(docs: Sequence[Document]) -> ir.Inventory:
     """Validate loaded documents as inventory objects and build identities."""
     objects: dict[str, list[tuple[Document, Any]]] = {k: [] for k in _MODELS}

@@ -15,7 +15,7 @@ from . import ir
 from .errors import CompileError, PolcError, raise_all
 from .frontends import cilium, dsl, k8s
 from .frontends.common import LabelSelector, LoadedPolicy, parse_cidr, validate
-from .source import Document, expand_paths, load_file, path_str
+from .source import Document, expand_paths, gc_paused, load_file, path_str
 
 INVENTORY_KINDS = ("Namespace", "Pod", "Node")
 POLICY_KINDS = {k8s.KIND: (k8s.API_VERSION, k8s.NetworkPolicy),
@@ -31,6 +31,7 @@ ANY_PROTOS = (ir.Proto.TCP, ir.Proto.UDP, ir.Proto.SCTP)
 # --------------------------------------------------------------------------- loading
 
 
+@gc_paused()
 def load_policies(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LoadedPolicy]:
     """Load and validate every policy in ``paths`` (files or directories).
 
@@ -51,6 +52,7 @@ def load_policies(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     return parse_policies(docs)
 
 
+@gc_paused()
 def parse_policies(docs: Iterable[Document]) -> list[LoadedPolicy]:
     """Validate already-loaded documents as policies (all errors are collected)."""
     out: list[LoadedPolicy] = []

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import math
 from pathlib import Path
 
 import pytest
-
+import yaml
+from polc.compiler import source
 from polc.compiler.errors import CompileError, ErrorList, Location, PolcError
 from polc.compiler.lower import load_policies
 from polc.compiler.source import load_paths, load_text, path_str
@@ -69,3 +72,70 @@ def test_render_with_and_without_position():
 def test_path_str():
     assert path_str(("spec", "ingress", 0, "toPorts", 1)) == "spec.ingress[0].toPorts[1]"
     assert path_str(("specs", 2)) == "specs[2]"
+
+
+# Scalars whose tag depends on the text and on quoting: the memoised resolver and the
+# plain-string shortcut must give what PyYAML's own safe loader gives.
+TRICKY_SCALARS = ["yes", "'yes'", '"yes"', "no", "on", "off", "true", "True", "0x10", "0o17", "017",
+                  "1e3", "1.5e3", ".inf", "-.inf", ".nan", "~", "null", "''", "2001-01-01",
+                  "2001-12-14t21:59:43.10-05:00", '"80"', "80", "'80'", "+12", "1_000", "-0",
+                  "a b", "!!str 80", "!!int '7'"]
+
+
+def test_loader_agrees_with_pyyaml_on_tricky_scalars():
+    text = "".join(f"k{i}: {s}\n" for i, s in enumerate(TRICKY_SCALARS))
+    text += "list: [" + ", ".join(TRICKY_SCALARS[:-2]) + "]\n"
+    text += "tagged: !!str [a, 1]\n"  # a tagged sequence stays a sequence (as before)
+    (doc,) = load_text(text)
+    expected = yaml.load(text.replace("tagged: !!str [a, 1]\n", "tagged: [a, 1]\n"), Loader=yaml.SafeLoader)
+
+    def typed(value):
+        return "nan" if isinstance(value, float) and math.isnan(value) else (type(value), value)
+    assert {k: typed(v) if not isinstance(v, list) else [typed(x) for x in v] for k, v in doc.data.items()} \
+        == {k: typed(v) if not isinstance(v, list) else [typed(x) for x in v] for k, v in expected.items()}
+    for text in ("a: <<\n", "a: =\n"):  # tags without a safe constructor stay positioned errors
+        with pytest.raises(CompileError, match="1:4: error: invalid value: could not determine a constructor"):
+            load_text(text)
+
+
+def test_memoised_resolver_gives_pyyaml_tags():
+    plain = yaml.resolver.Resolver()
+    loader = source._Loader("")
+    try:
+        for text in TRICKY_SCALARS + ["<<", "=", "", "80", "yes"]:  # repeats come from the cache
+            for implicit in ((True, False), (False, True), (False, False)):
+                want = plain.resolve(yaml.ScalarNode, text, implicit)
+                assert loader.resolve(yaml.ScalarNode, text, implicit) == want, (text, implicit)
+        assert loader.resolve(yaml.MappingNode, None, (True, False)) == plain.resolve(yaml.MappingNode, None, (True, False))
+    finally:
+        loader.dispose()
+
+
+def test_merge_keys_aliases_and_duplicates_still_work():
+    text = "base: &b {x: 1, y: 2}\nm:\n  <<: *b\n  z: 3\nd: 1\nd: 2\n"
+    with pytest.raises(CompileError) as info:
+        load_text(text, "m.yaml")
+    assert "m.yaml:6:1" in str(info.value) and "duplicate key 'd'" in str(info.value)
+    (doc,) = load_text(text.replace("d: 2\n", ""))
+    assert doc.data["m"] == {"x": 1, "y": 2, "z": 3}
+    assert doc.position(("m", "y")) == (1, 20) and doc.position(("m", "z"), key=True) == (4, 3)
+
+
+def test_loading_leaves_the_garbage_collector_as_it_was():
+    assert gc.isenabled()
+    load_text("a: 1\n")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_text("a: 1\n")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(CompileError):
+        load_text("a: [\n")
+    assert gc.isenabled()
+
+
+def test_source_lines_are_split_on_demand():
+    lines = source._Lines("a\r\nb\n\nc")
+    assert len(lines) == 4 and lines[1] == "b" and list(lines) == "a\r\nb\n\nc".splitlines()

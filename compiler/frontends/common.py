@@ -9,6 +9,7 @@ the path of the offending field so the error can point at it.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -130,15 +131,29 @@ class Model(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _unknown_fields(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or cls.model_config.get("extra") != "forbid":
+        if not isinstance(data, dict):
             return data
-        known = [f.alias or name for name, f in cls.model_fields.items()]
+        known = _known_keys(cls)
+        if known is None:
+            return data
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise fail(f"unknown field '{key}'{hint}", key, key=True)
         return data
+
+
+@functools.cache
+def _known_keys(model: type[Model]) -> tuple[str, ...] | None:
+    """The keys ``model`` accepts (aliases where set), or None when it ignores unknown keys.
+
+    Computed once per class: ``model_fields`` goes through pydantic's deprecation descriptor on
+    every access, and this runs for every mapping of every policy.
+    """
+    if model.model_config.get("extra") != "forbid":
+        return None
+    return tuple(f.alias or name for name, f in model.model_fields.items())
 
 
 # --------------------------------------------------------------------------- scalar types
