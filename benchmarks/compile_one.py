@@ -25,9 +25,9 @@ def main() -> None:
     ap.add_argument("--variant", metavar="OUT2.o", help="also write the same tables with another generation")
     a = ap.parse_args()
 
-    from polc.compiler.pipeline import batch_gc
+    from polc.compiler.source import gc_paused
 
-    with batch_gc():  # as `polc compile` does
+    with gc_paused():  # as `polc compile` does
         out = run(a)
     print(json.dumps(out))
 
@@ -54,6 +54,7 @@ def run(a: argparse.Namespace) -> dict:
     policies = load_policies([a.policies])
     lap("parse")
     policy = lower(policies)
+    del policies  # as compile_paths does: the documents are not needed after lowering
     lap("lower")
     tables = build_tables(policy, inventory)
     lap("tables")

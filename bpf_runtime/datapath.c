@@ -386,8 +386,7 @@ static __always_inline struct polc_verdict *rule_verdict(const struct polc_ep_in
 	struct polc_range_list *list = bpf_map_lookup_elem(&polc_verdicts, &vk);
 	if (!list || !list->count)
 		return 0;
-	/* The last interval starting at or below the port: ranges[lo].lo <= port always
-	 * holds (a list starts at 0), and the answer stays in [lo, hi). */
+	/* The last interval starting at or below the port stays in [lo, hi) (if any does). */
 	__u32 lo = list->first, hi = list->first + list->count;
 	for (int i = 0; i < POLC_RANGE_SEARCH_STEPS && hi - lo > 1; i++) {
 		__u32 mid = lo + (hi - lo) / 2;
@@ -400,7 +399,7 @@ static __always_inline struct polc_verdict *rule_verdict(const struct polc_ep_in
 			hi = mid;
 	}
 	struct polc_range *r = bpf_map_lookup_elem(&polc_ranges, &lo);
-	return r && r->v.action ? &r->v : 0;
+	return r && r->lo <= f->pport && f->pport <= r->hi ? &r->v : 0;
 }
 
 static __always_inline int judge(struct __sk_buff *skb, __u32 dir)

@@ -72,10 +72,11 @@ struct polc_pair_key {
 };
 
 /* (profile, protocol) -> the profile's port intervals for that protocol: entries
- * first .. first + count - 1 of polc_ranges, sorted by their first port (the first one
- * starts at 0).  The port (or ICMP type) a packet carries falls in the last interval that
- * starts at or below it; a binary search finds it.  Intervals come from the profile's own
- * rules only, so a wide port range costs one interval, however many other rules cut it. */
+ * first .. first + count - 1 of polc_ranges, disjoint and sorted.  A binary search finds
+ * the last interval that starts at or below the packet's port (or ICMP type); the port
+ * has a verdict if it is also at or below that interval's end.  Intervals come from the
+ * profile's own rules only, so a wide port range costs one interval, however many other
+ * rules cut it; ports no rule of the profile covers need no entry. */
 struct polc_verdict_key {
 	__u32 profile;
 	__u8 proto;
@@ -89,12 +90,13 @@ struct polc_range_list {
 
 struct polc_verdict {
 	__u32 rule;
-	__u32 action; /* 0: no rule covers the interval */
-	__u32 l7;     /* with POLC_ACTION_L7: index into polc_l7 */
+	__u32 action;
+	__u32 l7; /* with POLC_ACTION_L7: index into polc_l7 */
 };
 
 struct polc_range {
-	__u32 lo; /* first port of the interval */
+	__u16 lo; /* first and last port of the interval */
+	__u16 hi;
 	struct polc_verdict v;
 };
 

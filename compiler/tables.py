@@ -59,7 +59,7 @@ class Tables:
     host_values: dict[str, list[tuple[Entry, tuple]]]  # node -> its entries seen as host
     pairs: dict[tuple[int, int, int], int]  # (dir, subject class, peer class) -> profile
     verdicts: dict[tuple[int, int], tuple[int, int]]  # (profile, proto) -> (first, count) in ranges
-    ranges: list[tuple[int, int, int, int]]  # port intervals: (first port, rule, action, l7)
+    ranges: list[tuple[int, int, int, int, int]]  # port intervals: (first port, last port, rule, action, l7)
     rules: list[dict]  # id-ordered descriptions of rules, isolations and implicit rules
     subject_classes: list[int] = field(default_factory=list)  # count per direction
     peer_class_count: int = 0
@@ -374,13 +374,11 @@ def _range_tables(profiles: dict):
     Identical lists are stored once.
     """
     heads: dict[tuple[int, int], tuple[int, int]] = {}
-    ranges: list[tuple[int, int, int, int]] = []
+    ranges: list[tuple[int, int, int, int, int]] = []
     stored: dict[tuple, int] = {}
     l7_sets: dict[frozenset, int] = {}
 
     def value(cell) -> tuple[int, int, int]:
-        if cell is None:
-            return (0, 0, 0)  # no rule covers the interval
         rank, rid, l7_rules = cell
         if rank == 2:  # only L7 allows cover this port: each request is judged
             return (rid, abi.ACTION_L7, _intern(l7_sets, l7_rules))
@@ -400,12 +398,18 @@ def _range_tables(profiles: dict):
             for lo, hi, cell in items:
                 for c in range(bisect.bisect_left(cuts, lo), bisect.bisect_right(cuts, hi)):
                     cells[c] = _combine(cells[c], cell)
-            rows, last = [], None
-            for lo, cell in zip(cuts, cells):
+            rows: list[tuple] = []  # (lo, hi, rule, action, l7); ports no rule covers are left out
+            for c, (lo, cell) in enumerate(zip(cuts, cells)):
+                if cell is None:
+                    continue
+                hi = cuts[c + 1] - 1 if c + 1 < len(cuts) else top
                 v = value(cell)
-                if v != last:
-                    rows.append((lo, *v))
-                    last = v
+                if rows and rows[-1][1] == lo - 1 and rows[-1][2:] == v:
+                    rows[-1] = (rows[-1][0], hi, *v)
+                else:
+                    rows.append((lo, hi, *v))
+            if not rows:
+                continue
             rows = tuple(rows)
             first = stored.get(rows)
             if first is None:

@@ -140,12 +140,14 @@ def test_load_writes_host_records_of_the_node(objs, name):
     from polc.runtime.elfobj import ObjectFile
 
     records = ObjectFile.from_path(objs["a"]).meta["nodes"]["kind-worker"]["host"]
-    fd = bpf.obj_get(f"{node.PIN_ROOT}/{name}/{abi.MAP_IPCACHE}")
-    try:
-        for key, value in records:
-            assert bpf.map_lookup(fd, bytes.fromhex(key), len(bytes.fromhex(value))) == bytes.fromhex(value)
-    finally:
-        os.close(fd)
+    assert records
+    for key, value in records:
+        map_name, map_key = abi.address_record(bytes.fromhex(key))
+        fd = bpf.obj_get(f"{node.PIN_ROOT}/{name}/{map_name}")
+        try:
+            assert bpf.map_lookup(fd, map_key, len(bytes.fromhex(value))) == bytes.fromhex(value)
+        finally:
+            os.close(fd)
     assert node.status(name)[0]["node"] == "kind-worker"
 
 
@@ -256,7 +258,7 @@ def test_update_swaps_hooks_and_keeps_connection_table(objs, name, ns):
     node.load(objs["a"], name)
     node.attach(name, ["v0"], netns=ns)
     ct_path = f"{node.PIN_ROOT}/{name}/{abi.MAP_CT}"
-    key, value = bytes(range(abi.CT_KEY.size)), abi.CT_VALUE.pack(1, 2, 0)
+    key, value = bytes(range(abi.CT_KEY.size)), abi.CT_VALUE.pack(1, 2, 0, 0, 0)
     fd = bpf.obj_get(ct_path)
     try:
         bpf.map_update(fd, key, value)

@@ -56,15 +56,15 @@ PAIRS = [
 ]
 # Profile 5: rule 7 allows TCP 80, UDP 53, SCTP 9, ICMP echo request, ICMPv6 echo request;
 # rule 9 denies TCP 22.  Profile 6: rule 8 allows every TCP port but 80.  Intervals per
-# (profile, protocol): (first port, rule, action, l7); action 0 = no rule.
+# (profile, protocol): (first port, last port, rule, action, l7).
 ALLOW, DENY = abi.ACTION_ALLOW, abi.ACTION_DENY
 INTERVALS = {
-    (5, TCP): [(0, 0, 0, 0), (22, 9, DENY, 0), (23, 0, 0, 0), (80, 7, ALLOW, 0), (81, 0, 0, 0)],
-    (5, UDP): [(0, 0, 0, 0), (53, 7, ALLOW, 0), (54, 0, 0, 0)],
-    (5, SCTP): [(0, 0, 0, 0), (9, 7, ALLOW, 0), (10, 0, 0, 0)],
-    (5, ICMP): [(0, 0, 0, 0), (8, 7, ALLOW, 0), (9, 0, 0, 0)],
-    (5, ICMPV6): [(0, 0, 0, 0), (128, 7, ALLOW, 0), (129, 0, 0, 0)],
-    (6, TCP): [(0, 8, ALLOW, 0), (80, 0, 0, 0), (81, 8, ALLOW, 0)],
+    (5, TCP): [(22, 22, 9, DENY, 0), (80, 80, 7, ALLOW, 0)],
+    (5, UDP): [(53, 53, 7, ALLOW, 0)],
+    (5, SCTP): [(9, 9, 7, ALLOW, 0)],
+    (5, ICMP): [(8, 8, 7, ALLOW, 0)],
+    (5, ICMPV6): [(128, 128, 7, ALLOW, 0)],
+    (6, TCP): [(0, 79, 8, ALLOW, 0), (81, 65535, 8, ALLOW, 0)],
 }
 
 
