@@ -15,18 +15,16 @@ import argparse
 import sys
 import tempfile
 
-from common import Target, fmt_bytes, fmt_n, fmt_s, machine, save_json, table
+from common import Target, fmt_bytes, fmt_n, fmt_s, machine, median_spread, save_json, table
 from prepare import Prepared, log
 
 STAGES = ("inventory", "parse", "lower", "tables", "images", "llvm")
 
 
-def run(kinds, sizes, reps, cache, big_reps=1) -> list[dict]:
+def run(kinds, sizes, reps, cache, big_reps=3) -> list[dict]:
     out = []
     for kind in kinds:
         for n in sizes:
-            if n >= 100000 and kind != "mixed":
-                continue  # one 100,000-rule compile per run keeps the run near 20 minutes
             prep = Prepared(cache, kind, n)
             log(f"fig1/2: {kind} {n} rules")
             first = prep.report()
@@ -86,17 +84,17 @@ def policy_entries(rep: dict) -> int:
 
 def targets(results) -> list[Target]:
     out = []
-    big = [r for r in results if r["target_rules"] >= 100000 and r["kind"] == "mixed"]
-    if big:
-        rep = big[0]["report"]
+    big = [r for r in results if r["target_rules"] >= 100000]
+    for b in big:  # the target names `mixed`; the other sets are reported against it too
+        what = f"100,000 rules over 10,000 identities compile in < 60 s and < 2 GiB ({b['kind']})"
+        rep = b["report"]
         if "error" in rep:
-            out.append(Target("100,000 rules over 10,000 identities compile in < 60 s and < 2 GiB", False,
-                              f"the compile did not finish: {rep['error']}"))
+            out.append(Target(what, False, f"the compile did not finish: {rep['error']}"))
         else:
-            t, m = min(big[0]["totals"]), max(big[0]["rss"])
-            out.append(Target("100,000 rules over 10,000 identities compile in < 60 s and < 2 GiB",
-                              t < 60 and m < 2 * 2**30, f"{t:.1f} s, {fmt_bytes(m)}"))
-    else:
+            t, m = median_spread(b["totals"])[0], max(b["rss"])
+            out.append(Target(what, t < 60 and m < 2 * 2**30,
+                              f"median {t:.1f} s of {len(b['totals'])}, peak {fmt_bytes(m)}"))
+    if not big:
         out.append(Target("100,000 rules over 10,000 identities compile in < 60 s and < 2 GiB", None,
                           "not run (quick mode)"))
     ok = [r for r in results if "error" not in r["report"] and r["target_rules"] >= 10000]

@@ -2,8 +2,8 @@
 
     sudo python3 benchmarks/run_all.py [--quick] [--out results.md] [--cache DIR]
 
-Full run: sets of 10 .. 100,000 rules (a 100,000-rule compile, `mixed` only, is capped at 8 minutes and
-16 GiB; when it does not finish, the tables say so).  --quick: up to 10,000 rules, one
+Full run: sets of 10 .. 100,000 rules (every compile is capped at 8 minutes and 16 GiB; when
+one does not finish, the tables say so).  --quick: up to 10,000 rules, one
 sample per point.  Figure 4 (real traffic) is benchmarks/fig4_traffic.py, run on its own (about 3 minutes).
 """
 

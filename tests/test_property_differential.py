@@ -12,6 +12,7 @@ Example counts per profile (tests/conftest.py): ``ci`` 320 cases, ``thorough`` 5
 from __future__ import annotations
 
 import tempfile
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -59,6 +60,18 @@ def check_case(case: S.Case, directory: str) -> None:
 @given(case=cases())
 def test_kernel_agrees_with_reference(workdir, case):
     check_case(case, workdir)
+
+
+@settings(max_examples=max(40, CASES // 4))
+@given(case=cases())
+def test_kernel_agrees_with_reference_with_peer_groups(workdir, case):
+    """The same with every peer selector treated as broad: rules then reach peers through
+    peer groups (one pair per group, then per-class pairs over them), which the small
+    generated clusters would otherwise never use."""
+    from polc.compiler import tables
+
+    with mock.patch.object(tables, "BROAD_MIN_CLASSES", 1):
+        check_case(case, workdir)
 
 
 def test_report_counts():
