@@ -29,14 +29,28 @@ class LabelIndex:
     def __init__(self, label_sets: Iterable[tuple]):
         self.label_sets = list(label_sets)
         self.all = (1 << len(self.label_sets)) - 1
-        # key -> source -> value -> bitset
-        self._index: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+        # key -> source -> value -> positions of the label sets carrying it.  Bitsets are made
+        # only for the labels selectors ask about: a CIDR label is on one label set of
+        # hundreds of thousands, and a bitset per such label would take gigabytes.
+        self._index: dict[str, dict[str, dict[str, list[int]]]] = defaultdict(lambda: defaultdict(dict))
         for i, labels in enumerate(self.label_sets):
-            bit = 1 << i
             for (source, key), value in labels:
-                by_value = self._index[key][source]
-                by_value[value] = by_value.get(value, 0) | bit
+                self._index[key][source].setdefault(value, []).append(i)
+        self._bitsets: dict[tuple[str, str, str | None], int] = {}
         self._cache: dict[ir.Selector, int] = {}
+
+    def _label_bits(self, key: str, source: str, value: str | None) -> int:
+        """Bitset of the label sets with ``key`` = ``value`` from ``source`` (None: any value)."""
+        bits = self._bitsets.get((key, source, value))
+        if bits is None:
+            by_value = self._index[key][source]
+            lists = by_value.values() if value is None else [by_value.get(value, ())]
+            buf = bytearray((len(self.label_sets) + 7) // 8)
+            for positions in lists:
+                for p in positions:
+                    buf[p >> 3] |= 1 << (p & 7)
+            bits = self._bitsets[(key, source, value)] = int.from_bytes(buf, "little")
+        return bits
 
     def _with(self, req: ir.Requirement, values: Iterable[str] | None) -> int:
         """Label sets carrying ``req.key`` (from ``req.source``) with one of ``values`` (None: any)."""
@@ -45,11 +59,11 @@ class LabelIndex:
             if req.source not in ("any", source):
                 continue
             if values is None:
-                for b in by_value.values():
-                    bits |= b
-            else:
-                for v in values:
-                    bits |= by_value.get(v, 0)
+                bits |= self._label_bits(req.key, source, None)
+                continue
+            for v in values:
+                if v in by_value:
+                    bits |= self._label_bits(req.key, source, v)
         return bits
 
     def requirement(self, req: ir.Requirement) -> int:
