@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,6 +10,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -123,3 +125,36 @@ def run_child(argv: list[str], *, timeout: float, mem_limit: int | None = None) 
 def save_json(path: str, data) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=1, default=str)
+
+
+FULL_SIZES = [10, 100, 1000, 10000, 100000]
+
+
+def figure_args(doc: str, argv, quick_sizes: list[int], extra=None) -> argparse.Namespace:
+    """The options every figure script takes; ``a.sizes`` becomes a list, ``a.cache`` a directory.
+
+    ``extra(parser)`` adds a script's own options.
+    """
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer sizes and samples")
+    ap.add_argument("--sizes", help="comma-separated rule counts")
+    ap.add_argument("--cache", help="scenario cache directory (shared with run_all)")
+    ap.add_argument("--json", help="write raw results here")
+    if extra is not None:
+        extra(ap)
+    a = ap.parse_args(argv)
+    a.sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else (quick_sizes if a.quick else FULL_SIZES)
+    a.cache = a.cache or tempfile.mkdtemp(prefix="polc-bench-")
+    return a
+
+
+def finish(a: argparse.Namespace, results, targets: list[Target]) -> int:
+    """Print the target lines, save the raw results if asked; the exit status."""
+    if targets:
+        print()
+    for t in targets:
+        print(t.line())
+    if a.json:
+        save_json(a.json, results)
+    return 0
+

@@ -11,11 +11,9 @@ policy maps would need for the same policy (``cilium_layout.py``).
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 
-from common import Target, fmt_bytes, fmt_n, fmt_s, machine, median_spread, save_json, table
+from common import Target, figure_args, finish, fmt_bytes, fmt_n, fmt_s, machine, median_spread, table
 from prepare import Prepared, log
 
 STAGES = ("inventory", "parse", "lower", "tables", "images", "llvm")
@@ -108,26 +106,14 @@ def targets(results) -> list[Target]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--kinds", default="mixed,cidr,ports")
-    ap.add_argument("--sizes")
-    ap.add_argument("--cache")
-    ap.add_argument("--json")
-    a = ap.parse_args(argv)
-    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else ([10, 100, 1000, 10000] if a.quick else
-                                                                   [10, 100, 1000, 10000, 100000])
-    results = run(a.kinds.split(","), sizes, 1 if a.quick else 3, a.cache or tempfile.mkdtemp(prefix="polc-bench-"))
+    a = figure_args(__doc__, argv, [10, 100, 1000, 10000],
+                    lambda ap: ap.add_argument("--kinds", default="mixed,cidr,ports"))
+    results = run(a.kinds.split(","), a.sizes, 1 if a.quick else 3, a.cache)
     print(f"### Figure 1: compile time and peak memory\n\nMachine: {machine()}.\n")
     print(render_fig1(results))
     print("\n### Figure 2: decision-table entries against the identity x port layout\n")
     print(render_fig2(results))
-    print()
-    for t in targets(results):
-        print(t.line())
-    if a.json:
-        save_json(a.json, results)
-    return 0
+    return finish(a, results, targets(results))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ The floor and the linear program (``linear.py``) judge the same packets.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import struct
@@ -31,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from common import Target, fmt_ns, machine, median_spread, save_json, table
+from common import Target, figure_args, finish, fmt_ns, machine, median_spread, table
 from prepare import Prepared, log
 
 from polc import abi
@@ -221,7 +220,7 @@ def targets(results: list[dict]) -> list[Target]:
             continue
         ratio = m(big, "polc", kind) / m(small, "polc", kind)
         out.append(Target(f"{kind}: per-packet cost at {big['rules']:,} rules within 1.3x of {small['rules']:,} rules",
-                          ratio <= 1.3 and big["rules"] >= 100000,
+                          ratio <= 1.3 if big["rules"] >= 100000 else None,
                           f"{m(big, 'polc', kind):.0f} ns vs {m(small, 'polc', kind):.0f} ns = {ratio:.2f}x{note}"))
         if kind in big.get("floor", {}):
             f = m(big, "polc", kind) / m(big, "floor", kind)
@@ -231,33 +230,20 @@ def targets(results: list[dict]) -> list[Target]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sizes", help="comma-separated rule counts")
-    ap.add_argument("--cache", default=None, help="scenario cache directory (shared with run_all)")
-    ap.add_argument("--json", help="write raw results here")
-    a = ap.parse_args(argv)
+    a = figure_args(__doc__, argv, [10, 1000, 10000])
     if os.geteuid() != 0:
         print("fig3: needs root (BPF_PROG_TEST_RUN)", file=sys.stderr)
         return 2
-    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else ([10, 1000, 10000] if a.quick else
-                                                                   [10, 100, 1000, 10000, 100000])
-    cache = a.cache or tempfile.mkdtemp(prefix="polc-bench-")
     repeat, samples, singles = (20000, 3, 200) if a.quick else (100000, 5, 500)
     results = []
-    for n in sizes:
+    for n in a.sizes:
         log(f"fig3: {n} rules")
-        results.append(run_size(Prepared(cache, "mixed", n), repeat, samples, singles, linear_ok=True))
+        results.append(run_size(Prepared(a.cache, "mixed", n), repeat, samples, singles, linear_ok=True))
     print("### Figure 3: in-kernel ns per packet (BPF_PROG_TEST_RUN), `mixed` sets\n")
     print(f"Machine: {machine()}. Median [min–max] of {samples} runs of {repeat:,} repeats "
           f"(linear: fewer repeats at large sizes); new-allowed: median of {singles} single runs.\n")
     print(render(results))
-    print()
-    for t in targets(results):
-        print(t.line())
-    if a.json:
-        save_json(a.json, results)
-    return 0
+    return finish(a, results, targets(results))
 
 
 if __name__ == "__main__":

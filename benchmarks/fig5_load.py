@@ -10,13 +10,12 @@ and another generation, then swaps it in.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
-from common import fmt_n, fmt_s, machine, save_json, table
+from common import figure_args, finish, fmt_n, fmt_s, machine, table
 from prepare import Prepared, log
 
 
@@ -58,27 +57,17 @@ def render(results) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--sizes")
-    ap.add_argument("--cache")
-    ap.add_argument("--json")
-    a = ap.parse_args(argv)
+    a = figure_args(__doc__, argv, [10, 1000, 10000])
     if os.geteuid() != 0:
         print("fig5: needs root", file=sys.stderr)
         return 2
-    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else ([10, 1000, 10000] if a.quick else
-                                                                   [10, 100, 1000, 10000, 100000])
-    cache = a.cache or tempfile.mkdtemp(prefix="polc-bench-")
     results = []
-    for n in sizes:
+    for n in a.sizes:
         log(f"fig5: {n} rules")
-        results.append(run_size(Prepared(cache, "mixed", n), 1 if a.quick else 3))
+        results.append(run_size(Prepared(a.cache, "mixed", n), 1 if a.quick else 3))
     print(f"### Figure 5: polc load / update against table size (`mixed` sets)\n\nMachine: {machine()}.\n")
     print(render(results))
-    if a.json:
-        save_json(a.json, results)
-    return 0
+    return finish(a, results, [])
 
 
 if __name__ == "__main__":

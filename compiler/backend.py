@@ -53,10 +53,8 @@ class ObjectSpec:
 
 
 def _images(t: Tables) -> dict[str, bytes]:
-    addresses: dict[str, list] = {abi.MAP_IPCACHE: [], abi.MAP_HOSTS: []}
-    for e, v in zip(t.entries, t.entry_values):
-        name, key = abi.address_record(abi.lpm_key(e.network))
-        addresses[name].append((key, abi.EP_INFO.pack(*v)))
+    addresses = abi.address_records_by_map(
+        (abi.lpm_key(e.network), abi.EP_INFO.pack(*v)) for e, v in zip(t.entries, t.entry_values))
     pairs = sorted((abi.PAIR_KEY.pack(*k), abi.PAIR_VALUE.pack(v)) for k, v in t.pairs.items())
     verdicts = sorted((abi.VERDICT_KEY.pack(*k), abi.VERDICT_VALUE.pack(*v)) for k, v in t.verdicts.items())
     ranges = [(abi.RANGE_KEY.pack(i), abi.RANGE_VALUE.pack(*v)) for i, v in enumerate(t.ranges)]
@@ -73,11 +71,9 @@ def _images(t: Tables) -> dict[str, bytes]:
     }
 
 
-def _capacities(t: Tables) -> dict[str, int]:
-    whole = sum(1 for e in t.entries if e.network.prefixlen == e.network.max_prefixlen)
-    caps = {abi.MAP_IPCACHE: len(t.entries) - whole, abi.MAP_HOSTS: whole, abi.MAP_PAIRS: len(t.pairs), abi.MAP_VERDICTS: len(t.verdicts),
-            abi.MAP_RANGES: len(t.ranges),
-            abi.MAP_L7: len(t.l7_profiles), abi.MAP_DFA: len(t.dfa_states)}
+def _capacities(images: dict[str, bytes]) -> dict[str, int]:
+    """Each sized map holds exactly its image's records."""
+    caps = {name: abi.IMAGE_HEADER.unpack_from(images[name])[4] for name in CAPACITY_PLACEHOLDERS}
     for name, n in caps.items():
         if n > MAX_ENTRIES:
             raise CompileError(f"table {name} needs {n} entries, more than polc supports ({MAX_ENTRIES})")
@@ -143,7 +139,7 @@ def object_spec(t: Tables, sources: list[dict], version: str) -> ObjectSpec:
     """Turn tables into the data an object carries."""
     images = _images(t)
     generation, meta = _meta(t, sources, images, version)
-    return ObjectSpec(images=images, capacities=_capacities(t), generation=generation, meta=meta)
+    return ObjectSpec(images=images, capacities=_capacities(images), generation=generation, meta=meta)
 
 
 # -- LLVM ------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from polc import abi
 
 from . import ir
-from .errors import CompileError
 from .l7 import build_l7
 from .identities import KIND_NODE, KIND_POD, KIND_WORLD, RESERVED_IDS, Entry, as_host, build_entries
 from .selectors import LabelIndex, iter_bits

@@ -117,6 +117,15 @@ def address_record(key: bytes) -> tuple[str, bytes]:
     return (MAP_HOSTS, HOST_KEY.pack(addr)) if prefixlen == 128 else (MAP_IPCACHE, key)
 
 
+def address_records_by_map(records) -> dict[str, list[tuple[bytes, bytes]]]:
+    """(``polc_lpm_key``, value) records sorted into the map each belongs in, keyed for it."""
+    out: dict[str, list[tuple[bytes, bytes]]] = {MAP_IPCACHE: [], MAP_HOSTS: []}
+    for key, value in records:
+        name, map_key = address_record(key)
+        out[name].append((map_key, value))
+    return out
+
+
 def addr16(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     """16-byte form of an address as the datapath sees it (IPv4-mapped for IPv4)."""
     if address.version == 4:

@@ -312,9 +312,9 @@ def _load_collection(obj: _Object, node: str | None, reuse: dict[str, int] | Non
     records = _host_records(obj, node)
     coll = Collection.load(obj.obj, reuse_maps=reuse, generation=False)
     try:
-        for key, value in records:
-            name, map_key = abi.address_record(key)
-            coll.map(name).update(map_key, value)
+        for name, by_map in abi.address_records_by_map(records).items():
+            for key, value in by_map:
+                coll.map(name).update(key, value)
         coll.write_generation()
     except BaseException:
         coll.close()

@@ -228,7 +228,7 @@ class KernelEngine:
         self.rules = {r["id"]: r for r in self.meta.get("rules") or [] if isinstance(r, dict) and "id" in r}
         self._from = collection.program(abi.PROG_FROM_EP)
         self._to = collection.program(abi.PROG_TO_EP)
-        self._addresses = bool(self.nodes)
+
         self._ct = collection.maps.get(abi.MAP_CT)
         self._local = _UNSET
         self._node_keys = {bytes.fromhex(k) for n in self.nodes.values()
@@ -269,7 +269,7 @@ class KernelEngine:
 
     def set_local_node(self, node: str | None) -> None:
         """Make the address maps show the cluster as ``node`` sees it (``None``: from outside)."""
-        if not self._addresses or node == self._local:
+        if not self.nodes or node == self._local:
             return
         want: dict[bytes, bytes] = {}
         for name, records in self.nodes.items():
@@ -279,12 +279,9 @@ class KernelEngine:
         for key in self._node_keys - set(want):
             name, map_key = abi.address_record(key)
             self.collection.map(name).delete(map_key)
-        by_map: dict[str, list] = {}
-        for key, value in sorted(want.items()):
-            name, map_key = abi.address_record(key)
-            by_map.setdefault(name, []).append((map_key, value))
-        for name, records in sorted(by_map.items()):
-            self.collection.map(name).update_batch(records)
+        for name, records in abi.address_records_by_map(sorted(want.items())).items():
+            if records:
+                self.collection.map(name).update_batch(records)
         self._local = node
 
 

@@ -89,12 +89,13 @@ def datapath_obj(tmp_path_factory):
     for key, value in IPCACHE:
         name, map_key = abi.address_record(key) if key != host_key("10.0.0.1/32") else (abi.MAP_IPCACHE, key)
         maps[name].append((map_key, value))
+    verdicts, ranges = interval_images()
     add_sections(path, {
         ".polc.img.polc_ipcache": abi.pack_image(abi.LPM_KEY.size, abi.EP_INFO.size, sorted(maps[abi.MAP_IPCACHE])),
         ".polc.img.polc_hosts": abi.pack_image(abi.HOST_KEY.size, abi.EP_INFO.size, sorted(maps[abi.MAP_HOSTS])),
         ".polc.img.polc_pairs": abi.pack_image(abi.PAIR_KEY.size, abi.PAIR_VALUE.size, PAIRS),
-        ".polc.img.polc_verdicts": interval_images()[0],
-        ".polc.img.polc_ranges": interval_images()[1],
+        ".polc.img.polc_verdicts": verdicts,
+        ".polc.img.polc_ranges": ranges,
         ".polc.meta": json.dumps(meta).encode(),
     })
     return ObjectFile.from_path(path)
